@@ -1,0 +1,537 @@
+//! The agent side of a SPOP connection, as a sans-IO state machine.
+//!
+//! Feed it bytes and time; take out bytes, events and the next deadline. It never reads the
+//! clock and never does I/O. See the [crate documentation](crate) for the call-order contract.
+
+mod handshake;
+#[cfg(test)]
+mod tests;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, BytesMut};
+
+pub use handshake::Negotiated;
+
+use crate::error::{AckError, ConnectionError, ProtocolError, TimeoutKind};
+use crate::frame::{
+    Actions, AgentHello, DEFAULT_MAX_FRAME_SIZE, Disconnect, FrameDecoder, FrameHeader,
+    HaproxyHello, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame, Scope,
+};
+use crate::status::{FrameType, StatusCode};
+
+/// The variable an empty ACK is padded with when [`AgentConfig::pad_empty_ack`] is set: an
+/// `unset-var txn.<prefix>.spoa_pad_ack`, which HAProxy ignores.
+pub const PAD_VAR_NAME: &str = "spoa_pad_ack";
+
+/// Settings of an agent connection. Build it with `AgentConfig::default()` and change fields.
+///
+/// ```
+/// use spop_proto::AgentConfig;
+/// use std::time::Duration;
+/// let mut config = AgentConfig::default();
+/// config.max_frame_size = 65_536;
+/// config.max_in_flight = 64;
+/// config.idle_timeout = Some(Duration::from_secs(30));
+/// assert!(config.pipelining && !config.fragmentation);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AgentConfig {
+    /// The largest frame this agent accepts and announces; the negotiated size is the minimum
+    /// of this and HAProxy's offer. Values below 256 are raised to 256. Default 16380.
+    pub max_frame_size: u32,
+    /// Offer `pipelining` (several NOTIFYs in flight, ACKs out of order). Default true.
+    pub pipelining: bool,
+    /// Announce `fragmentation` and reassemble fragmented NOTIFYs (HAProxy 2.x only).
+    /// Default false.
+    pub fragmentation: bool,
+    /// The most NOTIFYs awaiting an ACK before the connection stops consuming frames
+    /// ([`AgentConnection::wants_read`] turns false). Default 20 (HAProxy's own limit).
+    /// Without pipelining the limit is 1.
+    pub max_in_flight: usize,
+    /// The largest reassembled NOTIFY payload when fragmentation is on. Default 1 MiB.
+    pub max_reassembly_size: usize,
+    /// Time allowed for the HAPROXY-HELLO after the connection starts. Default 10 s.
+    pub hello_timeout: Option<Duration>,
+    /// Close (status 2) after this long without traffic while nothing is in flight.
+    /// Default off: HAProxy manages idle connections itself.
+    pub idle_timeout: Option<Duration>,
+    /// Send `unset-var txn.spoa_pad_ack` instead of an empty ACK: HAProxy 3.1.0 stalls on
+    /// empty ACKs until its processing timeout. Default false.
+    pub pad_empty_ack: bool,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            pipelining: true,
+            fragmentation: false,
+            max_in_flight: 20,
+            max_reassembly_size: 1 << 20,
+            hello_timeout: Some(Duration::from_secs(10)),
+            idle_timeout: None,
+            pad_empty_ack: false,
+        }
+    }
+}
+
+/// What happened on a connection; drain with [`AgentConnection::poll_event`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The handshake completed (the AGENT-HELLO is queued).
+    Established(Negotiated),
+    /// A NOTIFY to answer with [`AgentConnection::send_ack`].
+    Notify(Notify),
+    /// A frame of unknown type was skipped (worth a log line).
+    FrameSkipped(FrameType),
+    /// The connection is over; emitted exactly once. Flush [`AgentConnection::poll_transmit`]
+    /// (it may hold a final AGENT-DISCONNECT), then close the socket.
+    Closed(ConnectionError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    AwaitingHello,
+    Established,
+    Draining { deadline: Instant },
+    Closed,
+}
+
+impl State {
+    const fn name(self) -> &'static str {
+        match self {
+            Self::AwaitingHello => "awaiting HAPROXY-HELLO",
+            Self::Established => "established",
+            Self::Draining { .. } => "draining",
+            Self::Closed => "closed",
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Reassembly {
+    id: NotifyId,
+    buf: BytesMut,
+}
+
+/// The agent side of one SPOP connection.
+///
+/// Inputs (`handle_*`) never fail: a peer error queues an AGENT-DISCONNECT with the matching
+/// status code and emits [`Event::Closed`]. Commands (`send_ack`, `close`, `begin_drain`) fail
+/// only on caller misuse. After every input or command, collect the outputs:
+/// [`poll_transmit`](Self::poll_transmit), [`poll_event`](Self::poll_event),
+/// [`poll_timeout`](Self::poll_timeout).
+///
+/// ```
+/// use std::{sync::Arc, time::Instant};
+/// use bytes::BytesMut;
+/// use spop_proto::{AgentConfig, AgentConnection, Event, frame::HaproxyHello};
+///
+/// let now = Instant::now();
+/// let mut conn = AgentConnection::new(Arc::new(AgentConfig::default()), now);
+/// let mut rbuf = BytesMut::new();
+/// HaproxyHello::new(16380, "pipelining").encode(&mut rbuf);
+/// conn.handle_read(now, &mut rbuf);
+/// let mut wbuf = BytesMut::new();
+/// assert!(conn.poll_transmit(&mut wbuf) > 0); // the AGENT-HELLO
+/// assert!(matches!(conn.poll_event(), Some(Event::Established(n)) if n.max_frame_size == 16380));
+/// ```
+#[derive(Debug)]
+pub struct AgentConnection {
+    config: Arc<AgentConfig>,
+    state: State,
+    decoder: FrameDecoder,
+    negotiated: Option<Negotiated>,
+    in_flight: HashMap<NotifyId, u32>,
+    in_flight_count: usize,
+    out: BytesMut,
+    events: VecDeque<Event>,
+    hello_deadline: Option<Instant>,
+    idle_deadline: Option<Instant>,
+    reassembly: Option<Reassembly>,
+    partial: bool,
+}
+
+impl AgentConnection {
+    /// A new connection at `now`; arms the hello timer.
+    pub fn new(config: Arc<AgentConfig>, now: Instant) -> Self {
+        let own_max = config.max_frame_size.max(MIN_MAX_FRAME_SIZE);
+        let hello_deadline = config.hello_timeout.map(|t| now + t);
+        let limit = config.max_in_flight.max(1);
+        Self {
+            state: State::AwaitingHello,
+            decoder: FrameDecoder::new(own_max),
+            negotiated: None,
+            in_flight: HashMap::with_capacity(limit),
+            in_flight_count: 0,
+            out: BytesMut::new(),
+            events: VecDeque::with_capacity(4),
+            hello_deadline,
+            idle_deadline: None,
+            reassembly: None,
+            partial: false,
+            config,
+        }
+    }
+
+    // ---- inputs ------------------------------------------------------------------------
+
+    /// Consumes the whole frames at the front of `buf`, leaving a partial frame in place.
+    ///
+    /// Stops early once [`max_in_flight`](AgentConfig::max_in_flight) NOTIFYs are
+    /// unanswered; call it again (even without new bytes) after an ACK frees a slot.
+    pub fn handle_read(&mut self, now: Instant, buf: &mut BytesMut) {
+        while self.state != State::Closed && self.in_flight_count < self.in_flight_limit() {
+            match self.decoder.decode(buf) {
+                Ok(None) => break,
+                Ok(Some(frame)) => {
+                    self.idle_deadline = self.config.idle_timeout.map(|t| now + t);
+                    if let Err(e) = self.on_frame(frame) {
+                        self.fail(e);
+                    }
+                }
+                Err(e) => self.fail(e.into()),
+            }
+        }
+        self.partial = !buf.is_empty();
+    }
+
+    /// The peer closed its side (read returned 0, or the connection was reset).
+    pub fn handle_eof(&mut self, _now: Instant) {
+        if self.state == State::Closed {
+            return;
+        }
+        let clean = self.in_flight_count == 0 && !self.partial && self.reassembly.is_none();
+        self.state = State::Closed;
+        self.events
+            .push_back(Event::Closed(ConnectionError::Eof { clean }));
+    }
+
+    /// Call when [`poll_timeout`](Self::poll_timeout)'s deadline has passed. Harmless when
+    /// called early.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        match self.state {
+            State::AwaitingHello if self.hello_deadline.is_some_and(|d| now >= d) => {
+                self.fail(ConnectionError::TimedOut(TimeoutKind::Hello));
+            }
+            State::Established
+                if self.in_flight_count == 0 && self.idle_deadline.is_some_and(|d| now >= d) =>
+            {
+                self.fail(ConnectionError::TimedOut(TimeoutKind::Idle));
+            }
+            State::Draining { deadline } if now >= deadline => {
+                self.fail(ConnectionError::TimedOut(TimeoutKind::Drain));
+            }
+            _ => {}
+        }
+    }
+
+    // ---- commands ----------------------------------------------------------------------
+
+    /// Queues the ACK of the NOTIFY `id` carrying `actions`.
+    ///
+    /// Fails without queuing anything when `id` is not in flight, the connection is not
+    /// established or is closed, or the frame would exceed the negotiated size (then send an
+    /// empty [`Actions`] instead, so HAProxy does not wait for its timeout).
+    pub fn send_ack(
+        &mut self,
+        now: Instant,
+        id: NotifyId,
+        actions: &Actions,
+    ) -> Result<(), AckError> {
+        let max = match (self.state, &self.negotiated) {
+            (State::Closed, _) => return Err(AckError::Closed),
+            (State::AwaitingHello, _) | (_, None) => return Err(AckError::NotEstablished),
+            (_, Some(n)) => n.max_frame_size,
+        };
+        let Some(count) = self.in_flight.get_mut(&id) else {
+            return Err(AckError::UnknownNotify(id));
+        };
+        let pad = actions.is_empty() && self.config.pad_empty_ack;
+        let pad_len = if pad { 3 + 1 + PAD_VAR_NAME.len() } else { 0 };
+        let len = actions.frame_len(id) + pad_len;
+        if len > max as usize {
+            return Err(AckError::FrameTooLarge { len, max });
+        }
+        *count -= 1;
+        if *count == 0 {
+            self.in_flight.remove(&id);
+        }
+        self.in_flight_count -= 1;
+        if pad {
+            let mut padded = Actions::with_capacity(pad_len);
+            padded.unset_var(Scope::Transaction, PAD_VAR_NAME);
+            padded.encode_ack(id, &mut self.out);
+        } else {
+            actions.encode_ack(id, &mut self.out);
+        }
+        if self.in_flight_count == 0 {
+            self.idle_deadline = self.config.idle_timeout.map(|t| now + t);
+            if matches!(self.state, State::Draining { .. }) {
+                self.finish(ConnectionError::LocallyClosed(StatusCode::NORMAL), "normal");
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an AGENT-DISCONNECT with `status` and `message` (cut to 255 bytes) and closes.
+    /// NOTIFYs still in flight are abandoned (HAProxy fails them). No-op when closed.
+    pub fn close(&mut self, _now: Instant, status: StatusCode, message: &str) {
+        if self.state != State::Closed {
+            self.finish(ConnectionError::LocallyClosed(status), message);
+        }
+    }
+
+    /// Starts a graceful close: stop reading ([`wants_read`](Self::wants_read) turns false),
+    /// answer what is in flight, then send AGENT-DISCONNECT status 0. At `deadline` the
+    /// AGENT-DISCONNECT (status 2) goes out regardless.
+    pub fn begin_drain(&mut self, now: Instant, deadline: Instant) {
+        match self.state {
+            State::Established if self.in_flight_count > 0 && deadline > now => {
+                self.state = State::Draining { deadline };
+            }
+            State::Closed | State::Draining { .. } => {}
+            State::AwaitingHello | State::Established => {
+                self.finish(ConnectionError::LocallyClosed(StatusCode::NORMAL), "normal");
+            }
+        }
+    }
+
+    // ---- outputs -----------------------------------------------------------------------
+
+    /// Appends every queued frame to `out`; returns the number of bytes appended. Frames are
+    /// whole (length prefix included), so one write of `out` never splits a frame.
+    pub fn poll_transmit(&mut self, out: &mut BytesMut) -> usize {
+        let n = self.out.len();
+        if n == 0 {
+            return 0;
+        }
+        if out.is_empty() {
+            std::mem::swap(out, &mut self.out);
+        } else {
+            out.put_slice(&self.out);
+            self.out.clear();
+        }
+        n
+    }
+
+    /// The next instant at which [`handle_timeout`](Self::handle_timeout) must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match self.state {
+            State::AwaitingHello => self.hello_deadline,
+            State::Established if self.in_flight_count == 0 => self.idle_deadline,
+            State::Established | State::Closed => None,
+            State::Draining { deadline } => Some(deadline),
+        }
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    // ---- getters -----------------------------------------------------------------------
+
+    /// True while the driver should read more bytes from the socket: not closed, not
+    /// draining, and fewer than the in-flight limit NOTIFYs unanswered.
+    pub fn wants_read(&self) -> bool {
+        matches!(self.state, State::AwaitingHello | State::Established)
+            && self.in_flight_count < self.in_flight_limit()
+    }
+
+    /// NOTIFYs received and not yet ACKed.
+    pub const fn in_flight(&self) -> usize {
+        self.in_flight_count
+    }
+
+    /// The negotiated parameters, once established.
+    pub const fn negotiated(&self) -> Option<&Negotiated> {
+        self.negotiated.as_ref()
+    }
+
+    /// True once closed (the final [`Event::Closed`] is queued or taken).
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// True while a graceful drain waits for in-flight NOTIFYs.
+    pub const fn is_draining(&self) -> bool {
+        matches!(self.state, State::Draining { .. })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The largest frame currently accepted (own limit before the handshake, negotiated after).
+    pub const fn max_frame_size(&self) -> u32 {
+        self.decoder.max_frame_size()
+    }
+
+    // ---- internals ---------------------------------------------------------------------
+
+    fn in_flight_limit(&self) -> usize {
+        match &self.negotiated {
+            Some(n) if !n.capabilities.pipelining => 1,
+            _ => self.config.max_in_flight.max(1),
+        }
+    }
+
+    fn fragmentation(&self) -> bool {
+        self.negotiated
+            .as_ref()
+            .is_some_and(|n| n.capabilities.fragmentation)
+    }
+
+    /// Queues the final AGENT-DISCONNECT for `err` and emits `Closed`.
+    fn fail(&mut self, err: ConnectionError) {
+        let message = err.to_string();
+        self.finish(err, &message);
+    }
+
+    fn finish(&mut self, err: ConnectionError, message: &str) {
+        if self.state == State::Closed {
+            return;
+        }
+        if let Some(status) = err.status() {
+            Disconnect::encode(&mut self.out, FrameType::AGENT_DISCONNECT, status, message);
+        }
+        self.state = State::Closed;
+        self.reassembly = None;
+        self.events.push_back(Event::Closed(err));
+    }
+
+    fn on_frame(&mut self, frame: RawFrame) -> Result<(), ConnectionError> {
+        let h = frame.header;
+        let fragmentable = matches!(h.frame_type, FrameType::NOTIFY | FrameType::UNSET);
+        if !h.flags.is_fin() && !(fragmentable && self.fragmentation()) {
+            return Err(ProtocolError::FragmentationNotSupported.into());
+        }
+        match (self.state, h.frame_type) {
+            (State::Closed, _) => Ok(()),
+            (_, FrameType::HAPROXY_DISCONNECT) => {
+                check_zero_ids(&h)?;
+                let d = Disconnect::parse(&frame.payload)?;
+                let err = ConnectionError::PeerDisconnected {
+                    status: d.status().unwrap_or(StatusCode::UNKNOWN),
+                    message: String::from_utf8_lossy(d.message.unwrap_or_default()).into_owned(),
+                };
+                self.finish(err, "normal");
+                Ok(())
+            }
+            (State::AwaitingHello, FrameType::HAPROXY_HELLO) => {
+                check_zero_ids(&h)?;
+                let hello = HaproxyHello::parse(&frame.payload)?;
+                let negotiated = handshake::negotiate(&hello, &self.config)?;
+                AgentHello::new(
+                    negotiated.max_frame_size,
+                    &negotiated.capabilities.to_string(),
+                )
+                .encode(&mut self.out);
+                self.decoder.set_max_frame_size(negotiated.max_frame_size);
+                self.hello_deadline = None;
+                let healthcheck = negotiated.healthcheck;
+                self.negotiated = Some(negotiated.clone());
+                self.state = State::Established;
+                self.events.push_back(Event::Established(negotiated));
+                if healthcheck {
+                    self.state = State::Closed;
+                    self.events
+                        .push_back(Event::Closed(ConnectionError::HealthCheck));
+                }
+                Ok(())
+            }
+            (State::AwaitingHello, frame) => Err(ProtocolError::UnexpectedFrame {
+                state: self.state.name(),
+                frame,
+            }
+            .into()),
+            (_, FrameType::NOTIFY) => {
+                if self.reassembly.is_some() {
+                    return Err(ProtocolError::InterlacedFrames.into());
+                }
+                if !h.flags.is_fin() {
+                    self.check_reassembly_size(frame.payload.len())?;
+                    let mut buf = BytesMut::with_capacity(frame.payload.len() * 2);
+                    buf.put_slice(&frame.payload);
+                    self.reassembly = Some(Reassembly { id: h.id(), buf });
+                    return Ok(());
+                }
+                let notify = Notify::parse(h.id(), frame.payload)?;
+                self.track(notify);
+                Ok(())
+            }
+            (_, FrameType::UNSET) => {
+                // only reached with fragmentation negotiated or FIN set
+                if !self.fragmentation() {
+                    return Err(ProtocolError::FragmentationNotSupported.into());
+                }
+                let Some(r) = self.reassembly.as_mut() else {
+                    if h.flags.is_abort() {
+                        return Ok(()); // aborting something already finished: nothing to do
+                    }
+                    return Err(ProtocolError::FrameIdNotFound.into());
+                };
+                if r.id != h.id() {
+                    return Err(ProtocolError::InterlacedFrames.into());
+                }
+                if h.flags.is_abort() {
+                    self.reassembly = None;
+                    return Ok(());
+                }
+                let total = r.buf.len() + frame.payload.len();
+                self.check_reassembly_size(total)?;
+                let r = self.reassembly.as_mut().expect("checked above");
+                r.buf.put_slice(&frame.payload);
+                if h.flags.is_fin() {
+                    let r = self.reassembly.take().expect("checked above");
+                    let notify = Notify::parse(r.id, r.buf.freeze())?;
+                    self.track(notify);
+                }
+                Ok(())
+            }
+            (
+                _,
+                frame @ (FrameType::HAPROXY_HELLO
+                | FrameType::AGENT_HELLO
+                | FrameType::AGENT_DISCONNECT
+                | FrameType::ACK),
+            ) => Err(ProtocolError::UnexpectedFrame {
+                state: self.state.name(),
+                frame,
+            }
+            .into()),
+            (_, other) => {
+                self.events.push_back(Event::FrameSkipped(other));
+                Ok(())
+            }
+        }
+    }
+
+    fn check_reassembly_size(&self, len: usize) -> Result<(), ProtocolError> {
+        let max = self.config.max_reassembly_size;
+        if len > max {
+            return Err(ProtocolError::ReassemblyTooLarge(max));
+        }
+        Ok(())
+    }
+
+    fn track(&mut self, notify: Notify) {
+        *self.in_flight.entry(notify.id()).or_insert(0) += 1;
+        self.in_flight_count += 1;
+        self.events.push_back(Event::Notify(notify));
+    }
+}
+
+fn check_zero_ids(h: &FrameHeader) -> Result<(), ProtocolError> {
+    if h.stream_id != 0 || h.frame_id != 0 {
+        return Err(ProtocolError::NonZeroIds(h.frame_type));
+    }
+    Ok(())
+}

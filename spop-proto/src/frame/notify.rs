@@ -1,0 +1,422 @@
+//! NOTIFY: messages with ordered, typed arguments.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
+use crate::data::{TypedData, put_raw_str, typed_data};
+use crate::error::DecodeError;
+use crate::parse::{self, PResult};
+use crate::status::FrameType;
+
+/// One argument of a message. Names may be empty (unnamed `args`) or repeated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(clippy::exhaustive_structs)]
+pub struct Arg<'a> {
+    /// The argument name (`""` when unnamed).
+    pub name: &'a str,
+    /// The typed value.
+    pub value: TypedData<'a>,
+}
+
+/// One message of a NOTIFY, borrowed from a validated payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message<'a> {
+    name: &'a str,
+    nb_args: u8,
+    args: &'a [u8],
+}
+
+impl<'a> Message<'a> {
+    /// The message name (the `spoe-message` section name).
+    pub const fn name(&self) -> &'a str {
+        self.name
+    }
+
+    /// The number of arguments.
+    pub const fn len(&self) -> usize {
+        self.nb_args as usize
+    }
+
+    /// True when the message has no arguments.
+    pub const fn is_empty(&self) -> bool {
+        self.nb_args == 0
+    }
+
+    /// The arguments, in order.
+    pub const fn args(&self) -> Args<'a> {
+        Args {
+            rest: self.args,
+            left: self.nb_args,
+        }
+    }
+
+    /// The value of the first argument with this name.
+    ///
+    /// ```
+    /// use spop_proto::{Notify, NotifyId, TypedData};
+    /// let n = Notify::builder(NotifyId::new(1, 1)).message("m").arg("a", 1i64).arg("a", 2i64).build();
+    /// let m = n.messages().next().unwrap();
+    /// assert_eq!(m.arg("a"), Some(TypedData::Int64(1)));
+    /// assert_eq!(m.arg_at(1), Some(TypedData::Int64(2)));
+    /// assert_eq!(m.arg("b"), None);
+    /// ```
+    pub fn arg(&self, name: &str) -> Option<TypedData<'a>> {
+        self.args().find(|a| a.name == name).map(|a| a.value)
+    }
+
+    /// The value of the argument at `index`.
+    pub fn arg_at(&self, index: usize) -> Option<TypedData<'a>> {
+        self.args().nth(index).map(|a| a.value)
+    }
+}
+
+/// Iterator over the arguments of a [`Message`].
+#[derive(Debug, Clone)]
+pub struct Args<'a> {
+    rest: &'a [u8],
+    left: u8,
+}
+
+impl<'a> Iterator for Args<'a> {
+    type Item = Arg<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.left == 0 {
+            return None;
+        }
+        self.left -= 1;
+        // The region was validated when the NOTIFY was parsed.
+        let (rest, a) = arg(self.rest).ok()?;
+        self.rest = rest;
+        Some(a)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.left as usize, Some(self.left as usize))
+    }
+}
+
+impl ExactSizeIterator for Args<'_> {}
+
+#[inline]
+fn arg(i: &[u8]) -> PResult<'_, Arg<'_>> {
+    let (i, name) = parse::name("argument name")(i)?;
+    let (i, value) = typed_data(i)?;
+    Ok((i, Arg { name, value }))
+}
+
+#[inline]
+fn message(input: &[u8]) -> PResult<'_, Message<'_>> {
+    let (i, name) = parse::name("message name")(input)?;
+    let (start, nb_args) = parse::byte("message nb-args")(i)?;
+    let mut i = start;
+    for _ in 0..nb_args {
+        i = arg(i)?.0;
+    }
+    let args = &start[..start.len() - i.len()];
+    Ok((
+        i,
+        Message {
+            name,
+            nb_args,
+            args,
+        },
+    ))
+}
+
+/// A validated LIST-OF-MESSAGES, borrowed.
+///
+/// ```
+/// use spop_proto::frame::MessageList;
+/// use spop_proto::DecodeError;
+/// // message "m" announcing 2 args but carrying none
+/// assert_eq!(MessageList::parse(&[1, b'm', 2]), Err(DecodeError::Truncated("argument name")));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageList<'a> {
+    payload: &'a [u8],
+}
+
+impl<'a> MessageList<'a> {
+    /// Validates a whole NOTIFY payload: names UTF-8, types known, counts honoured, nothing
+    /// truncated. Iteration afterwards cannot fail.
+    pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
+        let mut rest = payload;
+        while !rest.is_empty() {
+            rest = parse::run(message, rest)?.0;
+        }
+        Ok(Self { payload })
+    }
+
+    /// The messages, in order.
+    pub const fn iter(&self) -> Messages<'a> {
+        Messages { rest: self.payload }
+    }
+
+    /// The raw payload.
+    pub const fn as_bytes(&self) -> &'a [u8] {
+        self.payload
+    }
+}
+
+impl<'a> IntoIterator for MessageList<'a> {
+    type Item = Message<'a>;
+    type IntoIter = Messages<'a>;
+    fn into_iter(self) -> Messages<'a> {
+        self.iter()
+    }
+}
+
+/// Iterator over the messages of a validated NOTIFY.
+#[derive(Debug, Clone)]
+pub struct Messages<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for Messages<'a> {
+    type Item = Message<'a>;
+
+    #[inline]
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() {
+            return None;
+        }
+        match message(self.rest) {
+            Ok((rest, m)) => {
+                self.rest = rest;
+                Some(m)
+            }
+            Err(_) => {
+                self.rest = &[];
+                None
+            }
+        }
+    }
+}
+
+/// A received NOTIFY: its id and its validated payload, owned.
+///
+/// The payload shares the connection's read buffer (no copy); a `Notify` is `Send + 'static`
+/// and can move to a handler task.
+///
+/// ```
+/// use spop_proto::{Notify, NotifyId, TypedData};
+/// use std::net::Ipv4Addr;
+/// let notify = Notify::builder(NotifyId::new(1, 1))
+///     .message("check-client-ip")
+///     .arg("ip", Ipv4Addr::new(192, 168, 0, 1))
+///     .build();
+/// let msg = notify.message("check-client-ip").unwrap();
+/// assert_eq!(msg.arg("ip").and_then(|v| v.as_ip()), Some("192.168.0.1".parse().unwrap()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Notify {
+    id: NotifyId,
+    payload: Bytes,
+}
+
+impl Notify {
+    /// Validates `payload` (a LIST-OF-MESSAGES) and wraps it.
+    pub fn parse(id: NotifyId, payload: Bytes) -> Result<Self, DecodeError> {
+        MessageList::parse(&payload)?;
+        Ok(Self { id, payload })
+    }
+
+    /// Starts building a NOTIFY in memory (tests, the HAProxy side).
+    pub fn builder(id: NotifyId) -> NotifyBuilder {
+        NotifyBuilder {
+            id,
+            buf: BytesMut::new(),
+            count_pos: None,
+        }
+    }
+
+    /// The stream-id and frame-id, to be echoed by the ACK.
+    pub const fn id(&self) -> NotifyId {
+        self.id
+    }
+
+    /// The messages, in order.
+    pub fn messages(&self) -> Messages<'_> {
+        Messages {
+            rest: &self.payload,
+        }
+    }
+
+    /// The first message with this name.
+    pub fn message(&self, name: &str) -> Option<Message<'_>> {
+        self.messages().find(|m| m.name == name)
+    }
+
+    /// The raw payload.
+    pub const fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// An owned, zero-copy handle on a slice of this NOTIFY (for example a STRING value
+    /// obtained from [`TypedData::as_bytes`]) that outlives the borrow.
+    ///
+    /// # Panics
+    ///
+    /// If `slice` does not point into this NOTIFY's payload.
+    pub fn bytes_of(&self, slice: &[u8]) -> Bytes {
+        if slice.is_empty() {
+            return Bytes::new();
+        }
+        self.payload.slice_ref(slice)
+    }
+
+    /// Writes the NOTIFY frame (HAProxy side), length prefix included, with flags FIN.
+    pub fn encode(&self, dst: &mut BytesMut) {
+        let hdr = FrameHeader::new(
+            FrameType::NOTIFY,
+            FrameFlags::FIN,
+            self.id.stream_id,
+            self.id.frame_id,
+        );
+        encode_frame(dst, hdr, |b| b.extend_from_slice(&self.payload));
+    }
+}
+
+/// Builds a NOTIFY payload message by message.
+///
+/// ```
+/// use spop_proto::{Notify, NotifyId};
+/// let n = Notify::builder(NotifyId::new(0, 1)).message("empty").message("two").arg("", true).arg("", ()).build();
+/// let names: Vec<_> = n.messages().map(|m| (m.name(), m.len())).collect();
+/// assert_eq!(names, [("empty", 0), ("two", 2)]);
+/// ```
+#[derive(Debug, Clone)]
+pub struct NotifyBuilder {
+    id: NotifyId,
+    buf: BytesMut,
+    count_pos: Option<usize>,
+}
+
+impl NotifyBuilder {
+    /// Starts a new message.
+    pub fn message(&mut self, name: &str) -> &mut Self {
+        put_raw_str(&mut self.buf, name.as_bytes());
+        self.count_pos = Some(self.buf.len());
+        self.buf.put_u8(0);
+        self
+    }
+
+    /// Adds an argument to the current message.
+    ///
+    /// # Panics
+    ///
+    /// If no message was started, or the message already has 255 arguments (the count is one
+    /// byte on the wire).
+    pub fn arg<'v>(&mut self, name: &str, value: impl Into<ArgValue<'v>>) -> &mut Self {
+        let pos = self
+            .count_pos
+            .expect("NotifyBuilder::arg called before message");
+        assert!(
+            self.buf[pos] < u8::MAX,
+            "a message carries at most 255 arguments"
+        );
+        self.buf[pos] += 1;
+        put_raw_str(&mut self.buf, name.as_bytes());
+        value.into().0.encode(&mut self.buf);
+        self
+    }
+
+    /// Finishes the NOTIFY.
+    pub fn build(&mut self) -> Notify {
+        Notify {
+            id: self.id,
+            payload: self.buf.split().freeze(),
+        }
+    }
+}
+
+/// A value accepted by [`NotifyBuilder::arg`]: anything convertible to [`TypedData`], and `()`
+/// for NULL.
+#[derive(Debug, Clone, Copy)]
+pub struct ArgValue<'a>(TypedData<'a>);
+
+impl<'a, T: Into<TypedData<'a>>> From<T> for ArgValue<'a> {
+    fn from(v: T) -> Self {
+        Self(v.into())
+    }
+}
+
+impl From<()> for ArgValue<'_> {
+    fn from((): ()) -> Self {
+        Self(TypedData::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worked_notify() {
+        let n = Notify::builder(NotifyId::new(1, 1))
+            .message("check-client-ip")
+            .arg("ip", std::net::Ipv4Addr::new(192, 168, 0, 1))
+            .build();
+        let mut buf = BytesMut::new();
+        n.encode(&mut buf);
+        let mut expected = vec![0, 0, 0, 0x20, 3, 0, 0, 0, 1, 1, 1, 0x0f];
+        expected.extend_from_slice(b"check-client-ip");
+        expected.extend_from_slice(&[1, 2, b'i', b'p', 6, 192, 168, 0, 1]);
+        assert_eq!(&buf[..], &expected[..]);
+    }
+
+    #[test]
+    fn malformed_lists() {
+        // nb-args larger than the args present
+        let mut b = vec![1, b'm', 3, 1, b'a', 0x00];
+        assert_eq!(
+            MessageList::parse(&b),
+            Err(DecodeError::Truncated("argument name"))
+        );
+        // unknown type in an arg
+        b = vec![1, b'm', 1, 1, b'a', 0x0e];
+        assert_eq!(
+            MessageList::parse(&b),
+            Err(DecodeError::UnknownDataType(0x0e))
+        );
+        // truncated varint at the end
+        b = vec![1, b'm', 1, 0, 0x04, 0xf5];
+        assert_eq!(
+            MessageList::parse(&b),
+            Err(DecodeError::Truncated("varint"))
+        );
+        // missing nb-args
+        assert_eq!(
+            MessageList::parse(&[1, b'm']),
+            Err(DecodeError::Truncated("message nb-args"))
+        );
+        // non-UTF-8 message name
+        assert_eq!(
+            MessageList::parse(&[1, 0xc3, 0]),
+            Err(DecodeError::InvalidUtf8("message name"))
+        );
+        // empty payload is legal (3.1/3.2 may send it)
+        assert_eq!(MessageList::parse(&[]).unwrap().iter().count(), 0);
+    }
+
+    #[test]
+    fn bytes_of_is_zero_copy() {
+        let n = Notify::builder(NotifyId::new(1, 1))
+            .message("m")
+            .arg("s", "hello")
+            .build();
+        let v = n
+            .messages()
+            .next()
+            .unwrap()
+            .arg("s")
+            .unwrap()
+            .as_bytes()
+            .unwrap();
+        let owned = n.bytes_of(v);
+        assert_eq!(&owned[..], b"hello");
+        assert_eq!(owned.as_ptr(), v.as_ptr());
+    }
+}

@@ -1,0 +1,203 @@
+//! HAProxy's variable-length integer encoding (not LEB128).
+//!
+//! Values below 240 take one byte. Larger values start with a byte `>= 0xF0` carrying the
+//! low 4 bits, followed by bytes carrying 7 bits each, every byte but the last with its high
+//! bit set. The mapping is a bijection over `u64`; the longest encoding is 10 bytes.
+//!
+//! ```
+//! use spop_proto::varint;
+//! let mut buf = Vec::new();
+//! varint::put(&mut buf, 2288);
+//! assert_eq!(buf, [0xf0, 0x80, 0x00]);
+//! assert_eq!(varint::decode(&buf), Ok((2288, 3)));
+//! ```
+
+use bytes::BufMut;
+
+use crate::error::DecodeError;
+
+/// The longest encoding of a `u64`, in bytes.
+pub const MAX_LEN: usize = 10;
+
+/// Decodes one varint at the start of `buf`; returns the value and the bytes consumed.
+///
+/// Errors: [`DecodeError::Truncated`] when `buf` ends inside the varint,
+/// [`DecodeError::InvalidVarint`] when it needs an 11th byte or exceeds `u64::MAX`.
+///
+/// ```
+/// use spop_proto::{varint, DecodeError};
+/// assert_eq!(varint::decode(&[0xef]), Ok((239, 1)));
+/// assert_eq!(varint::decode(&[0xf0]), Err(DecodeError::Truncated("varint")));
+/// ```
+#[inline]
+pub fn decode(buf: &[u8]) -> Result<(u64, usize), DecodeError> {
+    let Some(&first) = buf.first() else {
+        return Err(DecodeError::Truncated("varint"));
+    };
+    if first < 240 {
+        return Ok((u64::from(first), 1));
+    }
+    let mut value = u128::from(first);
+    let mut shift = 4u32;
+    let mut idx = 1;
+    loop {
+        if idx >= MAX_LEN {
+            return Err(DecodeError::InvalidVarint);
+        }
+        let Some(&b) = buf.get(idx) else {
+            return Err(DecodeError::Truncated("varint"));
+        };
+        value += u128::from(b) << shift;
+        idx += 1;
+        if b < 128 {
+            break;
+        }
+        shift += 7;
+    }
+    u64::try_from(value)
+        .map(|v| (v, idx))
+        .map_err(|_| DecodeError::InvalidVarint)
+}
+
+/// Appends the encoding of `value` to `dst`.
+///
+/// ```
+/// use spop_proto::varint;
+/// let mut buf = Vec::new();
+/// varint::put(&mut buf, u64::MAX);
+/// assert_eq!(buf.len(), 10);
+/// ```
+#[inline]
+pub fn put<B: BufMut + ?Sized>(dst: &mut B, value: u64) {
+    let (bytes, len) = encode(value);
+    dst.put_slice(&bytes[..len]);
+}
+
+/// Encodes `value` into a fixed array; returns the array and the number of bytes used.
+///
+/// ```
+/// use spop_proto::varint;
+/// let (bytes, len) = varint::encode(300);
+/// assert_eq!(&bytes[..len], &[0xfc, 0x03]);
+/// ```
+#[inline]
+#[allow(clippy::cast_possible_truncation)] // each byte is masked or below 128 by construction
+pub fn encode(mut value: u64) -> ([u8; MAX_LEN], usize) {
+    let mut out = [0u8; MAX_LEN];
+    if value < 240 {
+        out[0] = value as u8;
+        return (out, 1);
+    }
+    out[0] = (value as u8) | 0xF0;
+    value = (value - 240) >> 4;
+    let mut len = 1;
+    while value >= 128 {
+        out[len] = (value as u8) | 0x80;
+        len += 1;
+        value = (value - 128) >> 7;
+    }
+    out[len] = value as u8;
+    (out, len + 1)
+}
+
+/// The number of bytes [`put`] writes for `value`.
+///
+/// ```
+/// use spop_proto::varint;
+/// assert_eq!(varint::encoded_len(239), 1);
+/// assert_eq!(varint::encoded_len(240), 2);
+/// ```
+#[inline]
+pub fn encoded_len(value: u64) -> usize {
+    encode(value).1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The boundary table of spop-notes.md §2.
+    pub(crate) const TABLE: &[(u64, &[u8])] = &[
+        (0, &[0x00]),
+        (1, &[0x01]),
+        (239, &[0xef]),
+        (240, &[0xf0, 0x00]),
+        (241, &[0xf1, 0x00]),
+        (255, &[0xff, 0x00]),
+        (256, &[0xf0, 0x01]),
+        (300, &[0xfc, 0x03]),
+        (2287, &[0xff, 0x7f]),
+        (2288, &[0xf0, 0x80, 0x00]),
+        (16380, &[0xfc, 0xf0, 0x06]),
+        (16384, &[0xf0, 0xf1, 0x06]),
+        (65535, &[0xff, 0xf0, 0x1e]),
+        (264431, &[0xff, 0xff, 0x7f]),
+        (264432, &[0xf0, 0x80, 0x80, 0x00]),
+        (33818863, &[0xff, 0xff, 0xff, 0x7f]),
+        (33818864, &[0xf0, 0x80, 0x80, 0x80, 0x00]),
+        (4294967295, &[0xff, 0xf0, 0xfe, 0xfe, 0x7e]),
+        (4328786159, &[0xff, 0xff, 0xff, 0xff, 0x7f]),
+        (4328786160, &[0xf0, 0x80, 0x80, 0x80, 0x80, 0x00]),
+        (
+            9223372036854775807,
+            &[0xff, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x06],
+        ),
+        (
+            18446744073709551615,
+            &[0xff, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0e],
+        ),
+        (
+            18446744073709551614,
+            &[0xfe, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0e],
+        ),
+    ];
+
+    #[test]
+    fn boundary_table() {
+        for &(value, bytes) in TABLE {
+            let mut buf = Vec::new();
+            put(&mut buf, value);
+            assert_eq!(buf, bytes, "encode {value}");
+            assert_eq!(decode(bytes), Ok((value, bytes.len())), "decode {value}");
+            assert_eq!(encoded_len(value), bytes.len());
+            // every strict prefix is truncated
+            for cut in 0..bytes.len() {
+                assert_eq!(decode(&bytes[..cut]), Err(DecodeError::Truncated("varint")));
+            }
+        }
+    }
+
+    #[test]
+    fn length_thresholds() {
+        let firsts = [
+            240u64,
+            2288,
+            264432,
+            33818864,
+            4328786160,
+            554084600048,
+            70922828777712,
+            9078122083518704,
+            1161999626690365680,
+        ];
+        for (i, &v) in firsts.iter().enumerate() {
+            assert_eq!(encoded_len(v - 1), i + 1);
+            assert_eq!(encoded_len(v), i + 2);
+        }
+    }
+
+    #[test]
+    fn rejects_eleventh_byte_and_overflow() {
+        // ten bytes, the last still with its continuation bit
+        let eleven = [
+            0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00,
+        ];
+        assert_eq!(decode(&eleven), Err(DecodeError::InvalidVarint));
+        assert_eq!(decode(&eleven[..10]), Err(DecodeError::InvalidVarint));
+        // ten bytes that overflow u64
+        let over = [0xff, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0f];
+        assert_eq!(decode(&over), Err(DecodeError::InvalidVarint));
+        let over2 = [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f];
+        assert_eq!(decode(&over2), Err(DecodeError::InvalidVarint));
+    }
+}

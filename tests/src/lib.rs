@@ -1,0 +1,3 @@
+//! Shared support for the workspace's cross-crate tests.
+
+pub use spop_proto;
