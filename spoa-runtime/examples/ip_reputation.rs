@@ -1,0 +1,53 @@
+//! An IP-reputation agent: HAProxy sends message `get-ip-reputation` with argument `ip`; the
+//! agent answers by setting the session variable `ip_score` (an integer 0..=100, higher is
+//! worse). HAProxy config: `examples/ip_reputation/` beside this file.
+//!
+//! Run: `cargo run -p spoa-runtime --example ip_reputation -- 127.0.0.1:12345`
+
+use std::convert::Infallible;
+use std::net::IpAddr;
+
+use spoa_runtime::{Request, Server, handler_fn};
+use spop_proto::{Actions, Scope};
+
+/// A stand-in for a real reputation source: fixed ranges plus a stable hash.
+fn score(ip: IpAddr) -> i64 {
+    match ip {
+        ip if ip.is_loopback() => 10,
+        IpAddr::V4(v4) if v4.is_private() => 20,
+        // TEST-NET-3: pretend it is a known-bad network
+        IpAddr::V4(v4) if v4.octets()[..3] == [203, 0, 113] => 95,
+        ip => {
+            let h = match ip {
+                IpAddr::V4(v4) => u64::from(u32::from(v4)),
+                IpAddr::V6(v6) => (u128::from(v6) % u128::from(u64::MAX)) as u64,
+            };
+            (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as i64 % 101
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
+    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:12345".into());
+
+    let handler = handler_fn(|req: Request| async move {
+        let mut actions = Actions::new();
+        let ip = req.message("get-ip-reputation").and_then(|m| m.arg("ip")).and_then(|v| v.as_ip());
+        if let Some(ip) = ip {
+            actions.set_var(Scope::Session, "ip_score", score(ip));
+        }
+        Ok::<_, Infallible>(actions)
+    });
+
+    let listener = tokio::net::TcpListener::bind(&addr).await?;
+    eprintln!("ip_reputation agent listening on {}", listener.local_addr()?);
+    Server::builder()
+        .build()
+        .serve(listener, handler, async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    Ok(())
+}

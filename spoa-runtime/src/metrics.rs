@@ -1,0 +1,238 @@
+//! Counters and a handler-latency histogram, lock-free, with a Prometheus text rendering.
+
+use std::fmt::Write as _;
+#[cfg(feature = "prometheus")]
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+use spop_proto::StatusCode;
+
+/// Upper bounds (seconds) of the handler latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 14] =
+    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+/// The assigned status codes get their own disconnect counter; others count as "other".
+const STATUS_SLOTS: usize = 16;
+
+/// Runtime metrics, shared by every connection of a server. Read them with
+/// [`Metrics::snapshot`] or [`Metrics::render_prometheus`].
+///
+/// ```
+/// let metrics = spoa_runtime::Metrics::default();
+/// assert_eq!(metrics.snapshot().notifies, 0);
+/// assert!(metrics.render_prometheus().contains("spoa_notifies_total 0"));
+/// ```
+#[derive(Debug, Default)]
+pub struct Metrics {
+    connections_accepted: AtomicU64,
+    connections_active: AtomicU64,
+    health_checks: AtomicU64,
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    notifies: AtomicU64,
+    acks: AtomicU64,
+    handler_errors: AtomicU64,
+    handler_panics: AtomicU64,
+    handler_timeouts: AtomicU64,
+    disconnects: [AtomicU64; STATUS_SLOTS],
+    disconnects_other: AtomicU64,
+    peer_closes: AtomicU64,
+    latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
+    latency_count: AtomicU64,
+    latency_sum_ns: AtomicU64,
+}
+
+/// A point-in-time copy of the counters.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Connections accepted since start.
+    pub connections_accepted: u64,
+    /// Connections being served now.
+    pub connections_active: u64,
+    /// Health-check HELLOs answered.
+    pub health_checks: u64,
+    /// Bytes read from peers.
+    pub bytes_in: u64,
+    /// Bytes written to peers.
+    pub bytes_out: u64,
+    /// NOTIFY frames received.
+    pub notifies: u64,
+    /// ACK frames queued.
+    pub acks: u64,
+    /// Handlers that returned an error.
+    pub handler_errors: u64,
+    /// Handlers that panicked.
+    pub handler_panics: u64,
+    /// Handlers abandoned at the handler timeout.
+    pub handler_timeouts: u64,
+    /// AGENT-DISCONNECT frames sent, by status code.
+    pub disconnects: Vec<(StatusCode, u64)>,
+    /// Connections closed by the peer (EOF/reset/HAPROXY-DISCONNECT).
+    pub peer_closes: u64,
+    /// Handlers completed (any outcome) and timed.
+    pub handled: u64,
+}
+
+impl Metrics {
+    pub(crate) fn connection_opened(&self) {
+        self.connections_accepted.fetch_add(1, Relaxed);
+        self.connections_active.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn connection_closed(&self) {
+        self.connections_active.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn health_check(&self) {
+        self.health_checks.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn bytes_in(&self, n: usize) {
+        self.bytes_in.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn bytes_out(&self, n: usize) {
+        self.bytes_out.fetch_add(n as u64, Relaxed);
+    }
+
+    pub(crate) fn notify(&self) {
+        self.notifies.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn ack(&self) {
+        self.acks.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handler_error(&self) {
+        self.handler_errors.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handler_panic(&self) {
+        self.handler_panics.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handler_timeout(&self) {
+        self.handler_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn peer_close(&self) {
+        self.peer_closes.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn disconnect(&self, status: StatusCode) {
+        match usize::try_from(status.0) {
+            Ok(i) if i < STATUS_SLOTS => self.disconnects[i].fetch_add(1, Relaxed),
+            _ => self.disconnects_other.fetch_add(1, Relaxed),
+        };
+    }
+
+    pub(crate) fn handler_latency(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
+            self.latency_buckets[i].fetch_add(1, Relaxed);
+        }
+        self.latency_count.fetch_add(1, Relaxed);
+        self.latency_sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+    }
+
+    /// Copies the counters.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let mut disconnects: Vec<(StatusCode, u64)> = (0..STATUS_SLOTS)
+            .filter_map(|i| {
+                let n = self.disconnects[i].load(Relaxed);
+                (n > 0).then(|| (StatusCode(u32::try_from(i).unwrap_or(u32::MAX)), n))
+            })
+            .collect();
+        let other = self.disconnects_other.load(Relaxed);
+        if other > 0 {
+            disconnects.push((StatusCode(u32::MAX), other));
+        }
+        MetricsSnapshot {
+            connections_accepted: self.connections_accepted.load(Relaxed),
+            connections_active: self.connections_active.load(Relaxed),
+            health_checks: self.health_checks.load(Relaxed),
+            bytes_in: self.bytes_in.load(Relaxed),
+            bytes_out: self.bytes_out.load(Relaxed),
+            notifies: self.notifies.load(Relaxed),
+            acks: self.acks.load(Relaxed),
+            handler_errors: self.handler_errors.load(Relaxed),
+            handler_panics: self.handler_panics.load(Relaxed),
+            handler_timeouts: self.handler_timeouts.load(Relaxed),
+            disconnects,
+            peer_closes: self.peer_closes.load(Relaxed),
+            handled: self.latency_count.load(Relaxed),
+        }
+    }
+
+    /// The metrics in Prometheus text exposition format (version 0.0.4).
+    pub fn render_prometheus(&self) -> String {
+        let s = self.snapshot();
+        let mut out = String::with_capacity(2048);
+        let mut counter = |name: &str, help: &str, v: u64, kind: &str| {
+            let _ = writeln!(out, "# HELP spoa_{name} {help}\n# TYPE spoa_{name} {kind}\nspoa_{name} {v}");
+        };
+        counter("connections_accepted_total", "Connections accepted.", s.connections_accepted, "counter");
+        counter("connections_active", "Connections being served.", s.connections_active, "gauge");
+        counter("health_checks_total", "Health-check HELLOs answered.", s.health_checks, "counter");
+        counter("bytes_in_total", "Bytes read from HAProxy.", s.bytes_in, "counter");
+        counter("bytes_out_total", "Bytes written to HAProxy.", s.bytes_out, "counter");
+        counter("notifies_total", "NOTIFY frames received.", s.notifies, "counter");
+        counter("acks_total", "ACK frames sent.", s.acks, "counter");
+        counter("handler_errors_total", "Handlers that returned an error.", s.handler_errors, "counter");
+        counter("handler_panics_total", "Handlers that panicked.", s.handler_panics, "counter");
+        counter("handler_timeouts_total", "Handlers abandoned at the timeout.", s.handler_timeouts, "counter");
+        counter("peer_closes_total", "Connections closed by HAProxy.", s.peer_closes, "counter");
+        let _ = writeln!(out, "# HELP spoa_disconnects_total AGENT-DISCONNECT frames sent, by status code.");
+        let _ = writeln!(out, "# TYPE spoa_disconnects_total counter");
+        for (status, n) in &s.disconnects {
+            let label = if status.0 == u32::MAX { "other".to_string() } else { status.0.to_string() };
+            let _ = writeln!(out, "spoa_disconnects_total{{status=\"{label}\"}} {n}");
+        }
+        let _ = writeln!(out, "# HELP spoa_handler_duration_seconds Handler latency.");
+        let _ = writeln!(out, "# TYPE spoa_handler_duration_seconds histogram");
+        let mut cumulative = 0;
+        for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+            cumulative += self.latency_buckets[i].load(Relaxed);
+            let _ = writeln!(out, "spoa_handler_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.latency_count.load(Relaxed);
+        let sum = self.latency_sum_ns.load(Relaxed) as f64 / 1e9;
+        let _ = writeln!(out, "spoa_handler_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(out, "spoa_handler_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "spoa_handler_duration_seconds_count {count}");
+        out
+    }
+}
+
+/// Serves `GET /metrics` (any path, in fact) in Prometheus text format until `shutdown`
+/// completes. Deliberately tiny: one request per connection, no keep-alive.
+#[cfg(feature = "prometheus")]
+pub async fn serve_prometheus(
+    listener: tokio::net::TcpListener,
+    metrics: std::sync::Arc<Metrics>,
+    shutdown: impl Future<Output = ()>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    tokio::pin!(shutdown);
+    loop {
+        let (mut sock, _) = tokio::select! {
+            () = &mut shutdown => return Ok(()),
+            res = listener.accept() => res?,
+        };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 1024];
+            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
+            let body = metrics.render_prometheus();
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let _ = sock.write_all(head.as_bytes()).await;
+            let _ = sock.write_all(body.as_bytes()).await;
+            let _ = sock.shutdown().await;
+        });
+    }
+}
