@@ -410,7 +410,7 @@ impl AgentConnection {
     fn on_frame(&mut self, frame: RawFrame) -> Result<(), ConnectionError> {
         let h = frame.header;
         let fragmentable = matches!(h.frame_type, FrameType::NOTIFY | FrameType::UNSET);
-        if !h.flags.is_fin() && !(fragmentable && self.fragmentation()) {
+        if !(h.flags.is_fin() || fragmentable && self.fragmentation()) {
             return Err(ProtocolError::FragmentationNotSupported.into());
         }
         match (self.state, h.frame_type) {

@@ -5,6 +5,10 @@ use bytes::{Buf, BytesMut};
 use super::{FrameHeader, MIN_FRAME_LEN, RawFrame};
 use crate::error::DecodeError;
 
+/// A frame split off a byte slice: its header, its payload, and the bytes it took
+/// (length prefix included).
+pub type SplitFrame<'a> = (FrameHeader, &'a [u8], usize);
+
 /// Splits the first whole frame off `buf` without copying.
 ///
 /// Returns `Ok(None)` when more bytes are needed, or the header, the payload, and the total
@@ -24,10 +28,7 @@ use crate::error::DecodeError;
 ///     Err(DecodeError::FrameTooLarge { len: u32::MAX, max: 16380 })
 /// );
 /// ```
-pub fn split_frame(
-    buf: &[u8],
-    max_frame_size: u32,
-) -> Result<Option<(FrameHeader, &[u8], usize)>, DecodeError> {
+pub fn split_frame(buf: &[u8], max_frame_size: u32) -> Result<Option<SplitFrame<'_>>, DecodeError> {
     let Some(len) = check_prefix(buf, max_frame_size)? else {
         return Ok(None);
     };

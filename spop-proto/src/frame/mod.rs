@@ -28,7 +28,7 @@ use std::fmt;
 use bytes::{BufMut, Bytes, BytesMut};
 
 pub use ack::{Action, ActionList, Actions, Scope};
-pub use decoder::{FrameDecoder, split_frame};
+pub use decoder::{FrameDecoder, SplitFrame, split_frame};
 pub use disconnect::{Disconnect, MAX_MESSAGE_LEN};
 pub use hello::{AgentHello, Capabilities, HaproxyHello, SUPPORTED_VERSION, parse_versions};
 pub use notify::{Arg, ArgValue, Args, Message, MessageList, Messages, Notify, NotifyBuilder};

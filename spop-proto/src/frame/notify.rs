@@ -325,6 +325,7 @@ impl NotifyBuilder {
 
     /// Finishes the NOTIFY.
     pub fn build(&mut self) -> Notify {
+        self.count_pos = None;
         Notify {
             id: self.id,
             payload: self.buf.split().freeze(),
