@@ -29,12 +29,19 @@ fn score(ip: IpAddr) -> i64 {
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
-    let addr = std::env::args().nth(1).unwrap_or_else(|| "127.0.0.1:12345".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let addr = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "127.0.0.1:12345".into());
 
     let handler = handler_fn(|req: Request| async move {
         let mut actions = Actions::new();
-        let ip = req.message("get-ip-reputation").and_then(|m| m.arg("ip")).and_then(|v| v.as_ip());
+        let ip = req
+            .message("get-ip-reputation")
+            .and_then(|m| m.arg("ip"))
+            .and_then(|v| v.as_ip());
         if let Some(ip) = ip {
             actions.set_var(Scope::Session, "ip_score", score(ip));
         }
@@ -42,7 +49,10 @@ async fn main() -> std::io::Result<()> {
     });
 
     let listener = tokio::net::TcpListener::bind(&addr).await?;
-    eprintln!("ip_reputation agent listening on {}", listener.local_addr()?);
+    eprintln!(
+        "ip_reputation agent listening on {}",
+        listener.local_addr()?
+    );
     Server::builder()
         .build()
         .serve(listener, handler, async {

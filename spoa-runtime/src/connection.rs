@@ -6,7 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use spop_proto::{AckError, Actions, AgentConfig, AgentConnection, ConnectionError, Event, Notify, NotifyId};
+use spop_proto::{
+    AckError, Actions, AgentConfig, AgentConnection, ConnectionError, Event, Notify, NotifyId,
+};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -34,8 +36,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
         let agent = Arc::new(config.agent.clone());
-        let limiter = config.handler_concurrency.map(|n| Arc::new(Semaphore::new(n.max(1))));
-        Self { config, agent, metrics, limiter }
+        let limiter = config
+            .handler_concurrency
+            .map(|n| Arc::new(Semaphore::new(n.max(1))));
+        Self {
+            config,
+            agent,
+            metrics,
+            limiter,
+        }
     }
 }
 
@@ -95,7 +104,10 @@ where
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("spop_conn", conn = id, peer = %peer, engine_id = tracing::field::Empty);
     shared.metrics.connection_opened();
-    let why = Driver::new(id, peer, handler, shared.clone()).run(io, cancel).instrument(span).await;
+    let why = Driver::new(id, peer, handler, shared.clone())
+        .run(io, cancel)
+        .instrument(span)
+        .await;
     shared.metrics.connection_closed();
     why
 }
@@ -122,7 +134,13 @@ fn now() -> Instant {
 
 impl<H: Handler> Driver<H> {
     fn new(id: u64, peer: String, handler: Arc<H>, shared: Shared) -> Self {
-        let info = ConnInfo { id, peer, engine_id: None, max_frame_size: 0, pipelining: false };
+        let info = ConnInfo {
+            id,
+            peer,
+            engine_id: None,
+            max_frame_size: 0,
+            pipelining: false,
+        };
         Self {
             handler,
             shared,
@@ -239,7 +257,10 @@ impl<H: Handler> Driver<H> {
 
     fn spawn(&mut self, notify: Notify) {
         let nid = notify.id();
-        let req = Request { notify, conn: self.info.clone() };
+        let req = Request {
+            notify,
+            conn: self.info.clone(),
+        };
         let handler = self.handler.clone();
         let limiter = self.shared.limiter.clone();
         let timeout = self.shared.config.handler_timeout;
@@ -275,7 +296,11 @@ impl<H: Handler> Driver<H> {
             Outcome::Done(a) => a,
             Outcome::Panicked => {
                 metrics.handler_panic();
-                warn!(stream_id = id.stream_id, frame_id = id.frame_id, "handler panicked; sending an empty ACK");
+                warn!(
+                    stream_id = id.stream_id,
+                    frame_id = id.frame_id,
+                    "handler panicked; sending an empty ACK"
+                );
                 self.error_actions()
             }
             Outcome::Failed(e) => {
@@ -285,14 +310,21 @@ impl<H: Handler> Driver<H> {
             }
             Outcome::TimedOut => {
                 metrics.handler_timeout();
-                warn!(stream_id = id.stream_id, frame_id = id.frame_id, "handler timed out; sending an empty ACK");
+                warn!(
+                    stream_id = id.stream_id,
+                    frame_id = id.frame_id,
+                    "handler timed out; sending an empty ACK"
+                );
                 self.error_actions()
             }
         };
         match conn.send_ack(now(), id, &actions) {
             Ok(()) => metrics.ack(),
             Err(AckError::FrameTooLarge { len, max }) => {
-                warn!(len, max, "ACK larger than the negotiated frame size; sending an empty ACK");
+                warn!(
+                    len,
+                    max, "ACK larger than the negotiated frame size; sending an empty ACK"
+                );
                 if conn.send_ack(now(), id, &self.error_actions()).is_ok() {
                     metrics.ack();
                 }
@@ -310,7 +342,12 @@ impl<H: Handler> Driver<H> {
         a
     }
 
-    async fn finish<W: AsyncWrite + Unpin>(&mut self, wr: &mut W, wbuf: &mut BytesMut, why: &ConnectionError) {
+    async fn finish<W: AsyncWrite + Unpin>(
+        &mut self,
+        wr: &mut W,
+        wbuf: &mut BytesMut,
+        why: &ConnectionError,
+    ) {
         self.tasks.abort_all();
         if !wbuf.is_empty() {
             let n = wbuf.len();
@@ -320,7 +357,10 @@ impl<H: Handler> Driver<H> {
         }
         let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
         let metrics = &self.shared.metrics;
-        if matches!(why, ConnectionError::Eof { .. } | ConnectionError::PeerDisconnected { .. }) {
+        if matches!(
+            why,
+            ConnectionError::Eof { .. } | ConnectionError::PeerDisconnected { .. }
+        ) {
             metrics.peer_close();
         }
         if let Some(status) = why.status() {

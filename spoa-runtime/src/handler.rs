@@ -34,7 +34,13 @@ impl ConnInfo {
     /// assert_eq!(info.peer, "test");
     /// ```
     pub fn for_tests() -> Self {
-        Self { id: 0, peer: "test".into(), engine_id: None, max_frame_size: 16380, pipelining: true }
+        Self {
+            id: 0,
+            peer: "test".into(),
+            engine_id: None,
+            max_frame_size: 16380,
+            pipelining: true,
+        }
     }
 }
 
@@ -61,7 +67,10 @@ pub struct Request {
 impl Request {
     /// Wraps a NOTIFY (the runtime does this; tests can too).
     pub fn new(notify: Notify, conn: ConnInfo) -> Self {
-        Self { notify, conn: Arc::new(conn) }
+        Self {
+            notify,
+            conn: Arc::new(conn),
+        }
     }
 
     /// The NOTIFY's stream-id and frame-id.
@@ -108,7 +117,10 @@ pub trait Handler: Send + Sync + 'static {
     type Error: Into<BoxError> + Send;
 
     /// Answers one NOTIFY with the actions of its ACK.
-    fn handle_notify(&self, req: Request) -> impl Future<Output = Result<Actions, Self::Error>> + Send;
+    fn handle_notify(
+        &self,
+        req: Request,
+    ) -> impl Future<Output = Result<Actions, Self::Error>> + Send;
 
     /// Called when a connection completes its handshake (not for health checks).
     fn on_connect(&self, _info: &ConnInfo) {}

@@ -9,8 +9,9 @@ use std::time::Duration;
 use spop_proto::StatusCode;
 
 /// Upper bounds (seconds) of the handler latency histogram buckets.
-pub const LATENCY_BUCKETS: [f64; 14] =
-    [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+pub const LATENCY_BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0,
+];
 
 /// The assigned status codes get their own disconnect counter; others count as "other".
 const STATUS_SLOTS: usize = 16;
@@ -134,7 +135,8 @@ impl Metrics {
             self.latency_buckets[i].fetch_add(1, Relaxed);
         }
         self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_ns.fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        self.latency_sum_ns
+            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
     }
 
     /// Copies the counters.
@@ -171,23 +173,83 @@ impl Metrics {
         let s = self.snapshot();
         let mut out = String::with_capacity(2048);
         let mut counter = |name: &str, help: &str, v: u64, kind: &str| {
-            let _ = writeln!(out, "# HELP spoa_{name} {help}\n# TYPE spoa_{name} {kind}\nspoa_{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP spoa_{name} {help}\n# TYPE spoa_{name} {kind}\nspoa_{name} {v}"
+            );
         };
-        counter("connections_accepted_total", "Connections accepted.", s.connections_accepted, "counter");
-        counter("connections_active", "Connections being served.", s.connections_active, "gauge");
-        counter("health_checks_total", "Health-check HELLOs answered.", s.health_checks, "counter");
-        counter("bytes_in_total", "Bytes read from HAProxy.", s.bytes_in, "counter");
-        counter("bytes_out_total", "Bytes written to HAProxy.", s.bytes_out, "counter");
-        counter("notifies_total", "NOTIFY frames received.", s.notifies, "counter");
+        counter(
+            "connections_accepted_total",
+            "Connections accepted.",
+            s.connections_accepted,
+            "counter",
+        );
+        counter(
+            "connections_active",
+            "Connections being served.",
+            s.connections_active,
+            "gauge",
+        );
+        counter(
+            "health_checks_total",
+            "Health-check HELLOs answered.",
+            s.health_checks,
+            "counter",
+        );
+        counter(
+            "bytes_in_total",
+            "Bytes read from HAProxy.",
+            s.bytes_in,
+            "counter",
+        );
+        counter(
+            "bytes_out_total",
+            "Bytes written to HAProxy.",
+            s.bytes_out,
+            "counter",
+        );
+        counter(
+            "notifies_total",
+            "NOTIFY frames received.",
+            s.notifies,
+            "counter",
+        );
         counter("acks_total", "ACK frames sent.", s.acks, "counter");
-        counter("handler_errors_total", "Handlers that returned an error.", s.handler_errors, "counter");
-        counter("handler_panics_total", "Handlers that panicked.", s.handler_panics, "counter");
-        counter("handler_timeouts_total", "Handlers abandoned at the timeout.", s.handler_timeouts, "counter");
-        counter("peer_closes_total", "Connections closed by HAProxy.", s.peer_closes, "counter");
-        let _ = writeln!(out, "# HELP spoa_disconnects_total AGENT-DISCONNECT frames sent, by status code.");
+        counter(
+            "handler_errors_total",
+            "Handlers that returned an error.",
+            s.handler_errors,
+            "counter",
+        );
+        counter(
+            "handler_panics_total",
+            "Handlers that panicked.",
+            s.handler_panics,
+            "counter",
+        );
+        counter(
+            "handler_timeouts_total",
+            "Handlers abandoned at the timeout.",
+            s.handler_timeouts,
+            "counter",
+        );
+        counter(
+            "peer_closes_total",
+            "Connections closed by HAProxy.",
+            s.peer_closes,
+            "counter",
+        );
+        let _ = writeln!(
+            out,
+            "# HELP spoa_disconnects_total AGENT-DISCONNECT frames sent, by status code."
+        );
         let _ = writeln!(out, "# TYPE spoa_disconnects_total counter");
         for (status, n) in &s.disconnects {
-            let label = if status.0 == u32::MAX { "other".to_string() } else { status.0.to_string() };
+            let label = if status.0 == u32::MAX {
+                "other".to_string()
+            } else {
+                status.0.to_string()
+            };
             let _ = writeln!(out, "spoa_disconnects_total{{status=\"{label}\"}} {n}");
         }
         let _ = writeln!(out, "# HELP spoa_handler_duration_seconds Handler latency.");
@@ -195,11 +257,17 @@ impl Metrics {
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
             cumulative += self.latency_buckets[i].load(Relaxed);
-            let _ = writeln!(out, "spoa_handler_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "spoa_handler_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = self.latency_count.load(Relaxed);
         let sum = self.latency_sum_ns.load(Relaxed) as f64 / 1e9;
-        let _ = writeln!(out, "spoa_handler_duration_seconds_bucket{{le=\"+Inf\"}} {count}");
+        let _ = writeln!(
+            out,
+            "spoa_handler_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
         let _ = writeln!(out, "spoa_handler_duration_seconds_sum {sum}");
         let _ = writeln!(out, "spoa_handler_duration_seconds_count {count}");
         out

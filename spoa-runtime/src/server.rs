@@ -30,7 +30,7 @@ impl Listener for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
 
     async fn accept(&mut self) -> io::Result<(Self::Io, String)> {
-        let (stream, peer) = tokio::net::TcpListener::accept(self).await?;
+        let (stream, peer) = Self::accept(self).await?;
         // ACKs are small and latency-bound
         let _ = stream.set_nodelay(true);
         Ok((stream, peer.to_string()))
@@ -42,8 +42,10 @@ impl Listener for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
 
     async fn accept(&mut self) -> io::Result<(Self::Io, String)> {
-        let (stream, peer) = tokio::net::UnixListener::accept(self).await?;
-        let name = peer.as_pathname().map_or_else(|| "unix".to_string(), |p| p.display().to_string());
+        let (stream, peer) = Self::accept(self).await?;
+        let name = peer
+            .as_pathname()
+            .map_or_else(|| "unix".to_string(), |p| p.display().to_string());
         Ok((stream, name))
     }
 }
@@ -79,12 +81,18 @@ pub struct Server {
 impl Server {
     /// Starts configuring a server.
     pub fn builder() -> ServerBuilder {
-        ServerBuilder { config: Config::default(), metrics: None }
+        ServerBuilder {
+            config: Config::default(),
+            metrics: None,
+        }
     }
 
     /// A server with this configuration.
     pub fn new(config: Config) -> Self {
-        Self { config: Arc::new(config), metrics: Arc::new(Metrics::default()) }
+        Self {
+            config: Arc::new(config),
+            metrics: Arc::new(Metrics::default()),
+        }
     }
 
     /// The server's metrics.
@@ -262,6 +270,9 @@ impl ServerBuilder {
 
     /// Finishes the server.
     pub fn build(self) -> Server {
-        Server { config: Arc::new(self.config), metrics: self.metrics.unwrap_or_default() }
+        Server {
+            config: Arc::new(self.config),
+            metrics: self.metrics.unwrap_or_default(),
+        }
     }
 }

@@ -33,5 +33,8 @@ pub fn notify() -> NotifyBuilder {
 
 /// Calls the handler once, as the runtime would, with a test [`ConnInfo`].
 pub async fn call<H: Handler>(handler: &H, notify: Notify) -> Result<Actions, BoxError> {
-    handler.handle_notify(Request::new(notify, ConnInfo::for_tests())).await.map_err(Into::into)
+    handler
+        .handle_notify(Request::new(notify, ConnInfo::for_tests()))
+        .await
+        .map_err(Into::into)
 }
