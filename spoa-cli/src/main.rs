@@ -1,5 +1,137 @@
-//! The `spoa` command line tool. Work in progress.
+//! `spoa`: the spoa-rs command line tool. An echo agent, a client playing HAProxy, the
+//! `option spop-check` health check, a frame decoder, a replayer, a load generator and a null
+//! agent for benchmarks.
 
-fn main() {
-    println!("spoa {}", env!("CARGO_PKG_VERSION"));
+mod args;
+mod bench;
+mod check;
+mod client;
+mod decode;
+mod echo;
+mod net;
+mod null_agent;
+mod replay;
+
+use std::future::Future;
+use std::io::IsTerminal;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::info;
+use tracing_subscriber::EnvFilter;
+
+/// SPOP (HAProxy SPOE) toolkit: agents, a client, a health check, a decoder and a load
+/// generator.
+#[derive(Debug, Parser)]
+#[command(name = "spoa", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the reference agent: every argument comes back as a variable.
+    Echo(echo::EchoArgs),
+    /// Play HAProxy: HELLO, NOTIFY(s), DISCONNECT; print the ACKs.
+    Client(client::ClientArgs),
+    /// Health-check an agent like HAProxy's `option spop-check`.
+    Check(check::CheckArgs),
+    /// Pretty-print frames from hex or binary input.
+    Decode(decode::DecodeArgs),
+    /// Send recorded frames to an agent and show the replies.
+    Replay(replay::ReplayArgs),
+    /// Load-test an agent: throughput, latency percentiles, errors.
+    Bench(bench::BenchArgs),
+    /// Run a null agent (empty ACK for every NOTIFY, payload never parsed): the I/O floor.
+    NullAgent(null_agent::NullAgentArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Decode(a) => decode::run(&a),
+        Command::Echo(a) => {
+            init_logging();
+            runtime(a.threads)?.block_on(echo::run(&a))
+        }
+        Command::NullAgent(a) => {
+            init_logging();
+            runtime(a.threads)?.block_on(null_agent::run(&a))
+        }
+        Command::Bench(a) => {
+            if a.null_agent {
+                init_logging();
+            }
+            runtime(a.threads)?.block_on(bench::run(&a))
+        }
+        Command::Client(a) => runtime(1)?.block_on(client::run(&a)),
+        Command::Check(a) => runtime(1)?.block_on(check::run(&a)),
+        Command::Replay(a) => runtime(1)?.block_on(replay::run(&a)),
+    }
+}
+
+/// A tokio runtime: single-threaded for 1 thread, otherwise multi-threaded (0: one worker
+/// per available core, which respects the CPU affinity set by `taskset`).
+fn runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let threads = if threads == 0 {
+        std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+    } else {
+        threads
+    };
+    let rt = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    Ok(rt)
+}
+
+/// Logs to stderr, filtered by RUST_LOG (default `info`).
+fn init_logging() {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .try_init();
+}
+
+/// Completes on the first SIGINT (Ctrl-C) or SIGTERM. Must be called inside the runtime; the
+/// handlers are installed before it returns.
+pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received: shutting down"),
+            _ = int.recv() => info!("SIGINT received: shutting down"),
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        super::Cli::command().debug_assert();
+    }
 }

@@ -1,0 +1,433 @@
+//! Parsing shared by the subcommands: `name=TYPE:VALUE` arguments, addresses, durations, hex
+//! input, and typed values as text or JSON.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use spop_proto::TypedData;
+use spop_proto::frame::NotifyBuilder;
+
+/// An owned typed value parsed from the command line (`int64:-1`, `bin:00ff`...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum OwnedValue {
+    Null,
+    Bool(bool),
+    Int32(i32),
+    Uint32(u32),
+    Int64(i64),
+    Uint64(u64),
+    Ipv4(Ipv4Addr),
+    Ipv6(Ipv6Addr),
+    Str(Vec<u8>),
+    Bin(Vec<u8>),
+}
+
+impl OwnedValue {
+    /// The value as the protocol type.
+    pub(crate) fn as_typed(&self) -> TypedData<'_> {
+        match self {
+            Self::Null => TypedData::Null,
+            Self::Bool(b) => TypedData::Bool(*b),
+            Self::Int32(v) => TypedData::Int32(*v),
+            Self::Uint32(v) => TypedData::Uint32(*v),
+            Self::Int64(v) => TypedData::Int64(*v),
+            Self::Uint64(v) => TypedData::Uint64(*v),
+            Self::Ipv4(a) => TypedData::Ipv4(*a),
+            Self::Ipv6(a) => TypedData::Ipv6(*a),
+            Self::Str(s) => TypedData::String(s),
+            Self::Bin(b) => TypedData::Binary(b),
+        }
+    }
+
+    /// Parses `TYPE:VALUE` (`null` alone is accepted for NULL).
+    pub(crate) fn parse(spec: &str) -> Result<Self, String> {
+        let (ty, value) = spec.split_once(':').unwrap_or((spec, ""));
+        let bad = |e: &dyn fmt::Display| format!("invalid {ty} value {value:?}: {e}");
+        Ok(match ty {
+            "null" => {
+                if !value.is_empty() {
+                    return Err(format!("null takes no value, got {value:?}"));
+                }
+                Self::Null
+            }
+            "bool" => Self::Bool(match value {
+                "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(bad(&"expected true or false")),
+            }),
+            "int32" => Self::Int32(value.parse().map_err(|e| bad(&e))?),
+            "uint32" => Self::Uint32(value.parse().map_err(|e| bad(&e))?),
+            "int64" => Self::Int64(value.parse().map_err(|e| bad(&e))?),
+            "uint64" => Self::Uint64(value.parse().map_err(|e| bad(&e))?),
+            "ipv4" => Self::Ipv4(value.parse().map_err(|e| bad(&e))?),
+            "ipv6" => Self::Ipv6(value.parse().map_err(|e| bad(&e))?),
+            "str" => Self::Str(value.as_bytes().to_vec()),
+            "bin" => Self::Bin(parse_hex_digits(value).map_err(|e| bad(&e))?),
+            other => {
+                return Err(format!(
+                    "unknown type {other:?} (expected null, bool, int32, uint32, int64, uint64, \
+                     ipv4, ipv6, str or bin)"
+                ));
+            }
+        })
+    }
+}
+
+/// One `--arg name=TYPE:VALUE` (the name may be empty: `=int64:1`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ArgSpec {
+    pub(crate) name: String,
+    pub(crate) value: OwnedValue,
+}
+
+impl FromStr for ArgSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (name, spec) = s
+            .split_once('=')
+            .ok_or_else(|| format!("expected name=TYPE:VALUE, got {s:?}"))?;
+        Ok(Self {
+            name: name.to_string(),
+            value: OwnedValue::parse(spec)?,
+        })
+    }
+}
+
+/// Adds a message and its arguments to a NOTIFY being built.
+pub(crate) fn add_message(builder: &mut NotifyBuilder, message: &str, args: &[ArgSpec]) {
+    builder.message(message);
+    for a in args {
+        match a.value.as_typed() {
+            TypedData::Null => builder.arg(&a.name, ()),
+            v => builder.arg(&a.name, v),
+        };
+    }
+}
+
+/// Where to connect or listen: `host:port`, or a Unix socket (`unix:/path`, or anything with
+/// a `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Addr {
+    Tcp(String),
+    Unix(PathBuf),
+}
+
+impl FromStr for Addr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Some(path) = s.strip_prefix("unix:") {
+            if path.is_empty() {
+                return Err("empty Unix socket path".into());
+            }
+            return Ok(Self::Unix(PathBuf::from(path)));
+        }
+        if s.contains('/') {
+            return Ok(Self::Unix(PathBuf::from(s)));
+        }
+        if s.rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.is_empty())
+        {
+            return Err(format!(
+                "expected host:port or a Unix socket path (unix:/path), got {s:?}"
+            ));
+        }
+        Ok(Self::Tcp(s.to_string()))
+    }
+}
+
+impl fmt::Display for Addr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(a) => f.write_str(a),
+            Self::Unix(p) => write!(f, "unix:{}", p.display()),
+        }
+    }
+}
+
+/// Parses a duration: `2s`, `500ms`, `1.5s`, `2m`, `100us`, or a bare number of seconds.
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?} (examples: 2s, 500ms, 1.5)"))?;
+    let secs = match unit.trim() {
+        "" | "s" => n,
+        "ms" => n / 1e3,
+        "us" | "µs" => n / 1e6,
+        "m" | "min" => n * 60.0,
+        other => return Err(format!("unknown duration unit {other:?} in {s:?}")),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// Decodes a run of hex digits (no separators), e.g. `00ff`.
+pub(crate) fn parse_hex_digits(s: &str) -> Result<Vec<u8>, String> {
+    if s.len() % 2 != 0 {
+        return Err("odd number of hex digits".into());
+    }
+    s.as_bytes()
+        .chunks(2)
+        .map(|p| {
+            let hi = hex_val(p[0]).ok_or("not a hex digit")?;
+            let lo = hex_val(p[1]).ok_or("not a hex digit")?;
+            Ok((hi << 4) | lo)
+        })
+        .collect()
+}
+
+const fn hex_val(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Writes bytes as lowercase hex.
+pub(crate) fn to_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        let _ = write!(s, "{b:02x}");
+    }
+    s
+}
+
+/// How frame input is encoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InputFormat {
+    Auto,
+    Hex,
+    Binary,
+}
+
+impl InputFormat {
+    pub(crate) const fn from_flags(hex: bool, bin: bool) -> Self {
+        match (hex, bin) {
+            (true, _) => Self::Hex,
+            (_, true) => Self::Binary,
+            _ => Self::Auto,
+        }
+    }
+}
+
+/// Turns file contents into frame bytes: hex text (whitespace ignored, `#` comments, and
+/// `"quoted strings"` standing for their bytes, as in the protocol notes) or raw binary.
+/// `Auto` picks hex when the input parses as hex text.
+pub(crate) fn decode_input(data: &[u8], format: InputFormat) -> Result<Vec<u8>, String> {
+    match format {
+        InputFormat::Binary => Ok(data.to_vec()),
+        InputFormat::Hex => {
+            let text = std::str::from_utf8(data).map_err(|_| "hex input is not UTF-8 text")?;
+            parse_hex_text(text)
+        }
+        InputFormat::Auto => match std::str::from_utf8(data).ok().map(parse_hex_text) {
+            Some(Ok(bytes)) if !data.is_empty() => Ok(bytes),
+            _ => Ok(data.to_vec()),
+        },
+    }
+}
+
+/// Parses hex text: pairs of hex digits (tokens may hold several pairs, `0x` prefixes are
+/// allowed), whitespace and commas ignored, `#` starts a comment to end of line, `"..."` is a
+/// string literal (escapes `\" \\ \n \r \t \0 \xNN`).
+pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, String> {
+    let mut out = Vec::new();
+    let mut pending: Option<u8> = None;
+    let mut chars = text.char_indices().peekable();
+    let mut line = 1;
+    while let Some((_, c)) = chars.next() {
+        match c {
+            '\n' => {
+                line += 1;
+                if pending.is_some() {
+                    return Err(format!("line {line}: odd number of hex digits"));
+                }
+            }
+            c if c.is_whitespace() || c == ',' => {
+                if pending.is_some() {
+                    return Err(format!("line {line}: odd number of hex digits in a token"));
+                }
+            }
+            '#' => {
+                if pending.is_some() {
+                    return Err(format!("line {line}: odd number of hex digits"));
+                }
+                for (_, c) in chars.by_ref() {
+                    if c == '\n' {
+                        line += 1;
+                        break;
+                    }
+                }
+            }
+            '0' if pending.is_none() && matches!(chars.peek(), Some((_, 'x' | 'X'))) => {
+                chars.next();
+            }
+            '"' => {
+                if pending.is_some() {
+                    return Err(format!("line {line}: odd number of hex digits"));
+                }
+                let mut closed = false;
+                while let Some((_, c)) = chars.next() {
+                    match c {
+                        '"' => {
+                            closed = true;
+                            break;
+                        }
+                        '\\' => {
+                            let Some((_, e)) = chars.next() else { break };
+                            match e {
+                                '"' | '\\' => out.push(e as u8),
+                                'n' => out.push(b'\n'),
+                                'r' => out.push(b'\r'),
+                                't' => out.push(b'\t'),
+                                '0' => out.push(0),
+                                'x' => {
+                                    let h = chars.next().and_then(|(_, c)| c.to_digit(16));
+                                    let l = chars.next().and_then(|(_, c)| c.to_digit(16));
+                                    match (h, l) {
+                                        #[allow(clippy::cast_possible_truncation)]
+                                        (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
+                                        _ => {
+                                            return Err(format!(
+                                                "line {line}: bad \\x escape in a string"
+                                            ));
+                                        }
+                                    }
+                                }
+                                other => {
+                                    return Err(format!(
+                                        "line {line}: unknown escape \\{other} in a string"
+                                    ));
+                                }
+                            }
+                        }
+                        '\n' => {
+                            return Err(format!("line {line}: unterminated string"));
+                        }
+                        c => {
+                            let mut buf = [0u8; 4];
+                            out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
+                        }
+                    }
+                }
+                if !closed {
+                    return Err(format!("line {line}: unterminated string"));
+                }
+            }
+            c => {
+                #[allow(clippy::cast_possible_truncation)]
+                let v = c
+                    .to_digit(16)
+                    .ok_or_else(|| format!("line {line}: unexpected character {c:?}"))?
+                    as u8;
+                match pending.take() {
+                    Some(hi) => out.push((hi << 4) | v),
+                    None => pending = Some(v),
+                }
+            }
+        }
+    }
+    if pending.is_some() {
+        return Err("odd number of hex digits at the end".into());
+    }
+    Ok(out)
+}
+
+/// A typed value as JSON: `{"type": "int64", "value": -1}`; strings as (lossy UTF-8) text,
+/// binary as hex, u64 exact.
+pub(crate) fn typed_json(v: &TypedData<'_>) -> Value {
+    let ty = v.data_type().name();
+    let value = match *v {
+        TypedData::Null => Value::Null,
+        TypedData::Bool(b) => json!(b),
+        TypedData::Int32(n) => json!(n),
+        TypedData::Uint32(n) => json!(n),
+        TypedData::Int64(n) => json!(n),
+        TypedData::Uint64(n) => json!(n),
+        TypedData::Ipv4(a) => json!(a.to_string()),
+        TypedData::Ipv6(a) => json!(a.to_string()),
+        TypedData::String(s) => json!(String::from_utf8_lossy(s)),
+        TypedData::Binary(b) => json!(to_hex(b)),
+    };
+    json!({ "type": ty, "value": value })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arg_specs() {
+        let a: ArgSpec = "ip=ipv4:127.0.0.1".parse().unwrap();
+        assert_eq!(a.name, "ip");
+        assert_eq!(a.value, OwnedValue::Ipv4(Ipv4Addr::LOCALHOST));
+        let a: ArgSpec = "=int64:-1".parse().unwrap();
+        assert_eq!((a.name.as_str(), a.value), ("", OwnedValue::Int64(-1)));
+        let a: ArgSpec = "s=str:a=b:c".parse().unwrap();
+        assert_eq!(a.value, OwnedValue::Str(b"a=b:c".to_vec()));
+        let a: ArgSpec = "e=str:".parse().unwrap();
+        assert_eq!(a.value, OwnedValue::Str(vec![]));
+        let a: ArgSpec = "n=null".parse().unwrap();
+        assert_eq!(a.value, OwnedValue::Null);
+        let a: ArgSpec = "b=bin:00ff00".parse().unwrap();
+        assert_eq!(a.value, OwnedValue::Bin(vec![0, 255, 0]));
+        let a: ArgSpec = "u=uint64:18446744073709551615".parse().unwrap();
+        assert_eq!(a.value, OwnedValue::Uint64(u64::MAX));
+        assert!("x".parse::<ArgSpec>().is_err());
+        assert!("x=int32:99999999999".parse::<ArgSpec>().is_err());
+        assert!("x=float:1".parse::<ArgSpec>().is_err());
+        assert!("x=bin:0".parse::<ArgSpec>().is_err());
+    }
+
+    #[test]
+    fn addrs() {
+        assert_eq!("127.0.0.1:0".parse(), Ok(Addr::Tcp("127.0.0.1:0".into())));
+        assert_eq!("unix:sock".parse(), Ok(Addr::Unix("sock".into())));
+        assert_eq!("/tmp/s".parse(), Ok(Addr::Unix("/tmp/s".into())));
+        assert!("nope".parse::<Addr>().is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("x").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn hex_text() {
+        assert_eq!(
+            parse_hex_text("00 0a # comment\n ff0x10 \"ab\\x00\" 0XfF").unwrap(),
+            [0, 10, 255, 16, b'a', b'b', 0, 255]
+        );
+        assert!(parse_hex_text("0 1").is_err());
+        assert!(parse_hex_text("zz").is_err());
+        assert!(parse_hex_text("\"abc").is_err());
+        assert_eq!(
+            decode_input(b"\x00\x00\x00\x07", InputFormat::Auto).unwrap(),
+            [0, 0, 0, 7]
+        );
+        assert_eq!(
+            decode_input(b"00000007", InputFormat::Auto).unwrap(),
+            [0, 0, 0, 7]
+        );
+        assert_eq!(
+            decode_input(b"00000007", InputFormat::Binary).unwrap(),
+            b"00000007"
+        );
+    }
+}

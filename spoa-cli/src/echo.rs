@@ -1,0 +1,100 @@
+//! `spoa echo`: the reference agent. Every argument of every message comes back as a
+//! variable of the same name and type.
+
+use std::convert::Infallible;
+use std::future::Ready;
+use std::process::ExitCode;
+use std::sync::LazyLock;
+
+use spoa_runtime::{Request, Server, handler_fn};
+use spop_proto::frame::DEFAULT_MAX_FRAME_SIZE;
+use spop_proto::{Actions, Scope};
+use tracing::info;
+
+use crate::args::Addr;
+use crate::net::AnyListener;
+
+/// Run the echo agent: for each argument of each message, set a variable named after the
+/// argument (unnamed ones: `arg0`, `arg1`... by position in the message) holding the same
+/// typed value. HAProxy reads it as `var(<scope>.<var-prefix>.<name>)`.
+///
+/// Prints `listening on ADDR` to stderr once bound; Ctrl-C or SIGTERM shut down gracefully.
+/// Logs go to stderr, filtered by RUST_LOG (default `info`).
+#[derive(Debug, clap::Args)]
+pub(crate) struct EchoArgs {
+    /// Listen address: host:port (port 0 picks one), or a Unix socket (unix:/path or any path
+    /// with a '/'; a stale socket file is removed).
+    #[arg(long, value_name = "ADDR")]
+    listen: Addr,
+    /// Variable scope: proc, sess, txn, req or res.
+    #[arg(long, default_value = "txn")]
+    scope: Scope,
+    /// Largest frame accepted and announced (negotiated down to HAProxy's offer).
+    #[arg(long, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
+    max_frame_size: u32,
+    /// Do not offer pipelining (one NOTIFY at a time per connection).
+    #[arg(long)]
+    no_pipelining: bool,
+    /// NOTIFYs in flight per connection before reading pauses.
+    #[arg(long, default_value_t = 20)]
+    max_in_flight: usize,
+    /// Never send an empty ACK (HAProxy 3.1.0 stalls on them): pad with a harmless unset-var.
+    #[arg(long)]
+    pad_empty_ack: bool,
+    /// Worker threads; 0 means one per available core (1 runs a single-threaded runtime).
+    #[arg(long, default_value_t = 0)]
+    pub(crate) threads: usize,
+}
+
+static UNNAMED: LazyLock<Vec<String>> =
+    LazyLock::new(|| (0..256).map(|i| format!("arg{i}")).collect());
+
+/// The ACK of the echo agent for one NOTIFY.
+pub(crate) fn echo_actions(req: &Request, scope: Scope) -> Actions {
+    let mut actions = Actions::with_capacity(req.notify.payload().len() + 32);
+    for m in req.messages() {
+        for (i, a) in m.args().enumerate() {
+            let name = if a.name.is_empty() {
+                UNNAMED[i].as_str()
+            } else {
+                a.name
+            };
+            actions.set_var(scope, name, a.value);
+        }
+    }
+    actions
+}
+
+pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
+    let shutdown = crate::shutdown_signal()?;
+    let listener = AnyListener::bind(&args.listen).await?;
+    let server = Server::builder()
+        .max_frame_size(args.max_frame_size)
+        .pipelining(!args.no_pipelining)
+        .max_in_flight(args.max_in_flight.max(1))
+        .pad_empty_ack(args.pad_empty_ack)
+        .build();
+    let scope = args.scope;
+    let handler = handler_fn(move |req: Request| -> Ready<Result<Actions, Infallible>> {
+        std::future::ready(Ok(echo_actions(&req, scope)))
+    });
+    let unix_path = listener.unix_path();
+    eprintln!("listening on {}", listener.local_addr());
+    info!(scope = %scope, max_frame_size = args.max_frame_size, pipelining = !args.no_pipelining, "echo agent started");
+    match listener {
+        AnyListener::Tcp(l) => server.serve(l, handler, shutdown).await,
+        AnyListener::Unix(l, _) => server.serve(l, handler, shutdown).await,
+    }
+    if let Some(p) = unix_path {
+        let _ = std::fs::remove_file(p);
+    }
+    let m = server.metrics().snapshot();
+    info!(
+        connections = m.connections_accepted,
+        notifies = m.notifies,
+        acks = m.acks,
+        health_checks = m.health_checks,
+        "echo agent stopped"
+    );
+    Ok(ExitCode::SUCCESS)
+}
