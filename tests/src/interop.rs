@@ -2,9 +2,11 @@
 //!
 //! - [`haproxy`] finds the launcher of an HAProxy series (2.6, 3.0, 3.2) written by
 //!   `tools/haproxy-install`, and runs that installer once when the launcher is missing.
-//! - [`AgentProcess`] runs the `ip_reputation` example of spoa-runtime on a kernel-chosen
-//!   loopback port; [`HaproxyInstance`] runs HAProxy with the templates in `tests/haproxy/`.
-//!   Both are killed when dropped.
+//! - [`AgentProcess`] runs an agent on a kernel-chosen loopback port: the `ip_reputation`
+//!   example of spoa-runtime ([`AgentProcess::start`]) or any binary that prints
+//!   `listening on ADDR`, such as `spoa echo` ([`AgentProcess::start_with`], [`spoa_binary`]).
+//!   [`HaproxyInstance`] runs HAProxy with the templates in `tests/haproxy/`. Both are killed
+//!   when dropped.
 //! - [`http_get`], [`HaproxyInstance::server_stat`] and [`wait_until`] talk to them, with every
 //!   wait bounded in time.
 //!
@@ -39,7 +41,7 @@ const PLACEHOLDERS: [&str; 5] = [
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connect/read/write bound for one HTTP request or stats-socket command.
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
-/// Bound for `tools/haproxy-install` (downloads) and for building the example agent.
+/// Bound for `tools/haproxy-install` (downloads) and for building an agent binary.
 const SLOW_COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// How to install HAProxy by hand; part of every "HAProxy not available" failure.
@@ -289,7 +291,7 @@ impl Drop for TempDir {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The example agent
+// Agent binaries
 // ---------------------------------------------------------------------------------------------
 
 /// Path of the `ip_reputation` example binary, built if needed (once per process).
@@ -301,28 +303,78 @@ impl Drop for TempDir {
 /// the test executable (`target/<profile>/examples/ip_reputation`) is used.
 pub fn agent_binary() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(find_or_build_agent)
+    BIN.get_or_init(|| find_or_build(&Artifact::Example("spoa-runtime", "ip_reputation")))
         .clone()
         .unwrap_or_else(|msg| panic!("{msg}"))
 }
 
-fn find_or_build_agent() -> Result<PathBuf, String> {
-    const NAME: &str = "ip_reputation";
+/// Path of the `spoa` command line tool (package spoa-cli), built if needed (once per process).
+///
+/// Like [`agent_binary`]: under cargo this runs `$CARGO build -p spoa-cli --bin spoa` into the
+/// test's own target dir and profile (`target/<profile>/spoa`); without cargo, the binary next
+/// to the test executable is used.
+pub fn spoa_binary() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| find_or_build(&Artifact::Bin("spoa-cli", "spoa")))
+        .clone()
+        .unwrap_or_else(|msg| panic!("{msg}"))
+}
+
+/// A binary of a workspace package: `(package, name)`.
+enum Artifact {
+    /// `cargo build -p <package> --example <name>` -> `<profile dir>/examples/<name>`.
+    Example(&'static str, &'static str),
+    /// `cargo build -p <package> --bin <name>` -> `<profile dir>/<name>`.
+    Bin(&'static str, &'static str),
+}
+
+impl Artifact {
+    fn package(&self) -> &'static str {
+        match self {
+            Self::Example(p, _) | Self::Bin(p, _) => p,
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Example(_, n) | Self::Bin(_, n) => n,
+        }
+    }
+
+    /// `--example` or `--bin`.
+    fn kind_flag(&self) -> &'static str {
+        match self {
+            Self::Example(..) => "--example",
+            Self::Bin(..) => "--bin",
+        }
+    }
+
+    /// Where cargo puts it under a profile dir such as `target/debug`.
+    fn path_in(&self, profile_dir: &Path) -> PathBuf {
+        match self {
+            Self::Example(_, n) => profile_dir.join("examples").join(n),
+            Self::Bin(_, n) => profile_dir.join(n),
+        }
+    }
+}
+
+fn find_or_build(artifact: &Artifact) -> Result<PathBuf, String> {
+    let (package, name, flag) = (artifact.package(), artifact.name(), artifact.kind_flag());
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     // <target-dir>/[<triple>/]<profile-dir>/deps/<test>-<hash>
     let profile_dir = exe
         .parent()
         .and_then(Path::parent)
         .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))?;
-    let beside = profile_dir.join("examples").join(NAME);
+    let beside = artifact.path_in(profile_dir);
 
     let Some(cargo) = std::env::var_os("CARGO") else {
         return if beside.exists() {
             Ok(beside)
         } else {
             Err(format!(
-                "the example agent {} is missing and CARGO is not set to build it; run \
-                 `cargo build -p spoa-runtime --example {NAME}` or `cargo test --workspace`",
+                "{} is missing and CARGO is not set to build it; run \
+                 `cargo build -p {package} {flag} {name}` or `cargo test --workspace`",
                 beside.display()
             ))
         };
@@ -341,20 +393,20 @@ fn find_or_build_agent() -> Result<PathBuf, String> {
         .skip(1)
         .find(|d| d.join("CACHEDIR.TAG").exists())
         .unwrap_or_else(|| profile_dir.parent().unwrap_or(profile_dir));
-    let built = target_dir.join(profile_name).join("examples").join(NAME);
+    let built = artifact.path_in(&target_dir.join(profile_name));
 
     let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--quiet", "-p", "spoa-runtime", "--example", NAME])
+    cmd.args(["build", "--quiet", "-p", package, flag, name])
         .arg("--profile")
         .arg(profile)
         .arg("--target-dir")
         .arg(target_dir)
         .current_dir(workspace_root());
     let out = run_bounded(&mut cmd, SLOW_COMMAND_TIMEOUT)
-        .map_err(|e| format!("building the example agent ({cmd:?}): {e}"))?;
+        .map_err(|e| format!("building {name} ({cmd:?}): {e}"))?;
     if !out.status.success() {
         return Err(format!(
-            "building the example agent failed ({}): {cmd:?}\n{}{}",
+            "building {name} failed ({}): {cmd:?}\n{}{}",
             out.status, out.stdout, out.stderr
         ));
     }
@@ -366,6 +418,19 @@ fn find_or_build_agent() -> Result<PathBuf, String> {
             built.display()
         ))
     }
+}
+
+/// The `capabilities=` of each spoa-runtime "handshake done" line of `agent_log`.
+fn negotiated_capabilities(agent_log: &str) -> Vec<String> {
+    agent_log
+        .lines()
+        .filter(|l| l.contains("handshake done"))
+        .map(|l| {
+            l.split_once("capabilities=")
+                .map_or("?", |(_, c)| c.split_whitespace().next().unwrap_or(""))
+                .to_owned()
+        })
+        .collect()
 }
 
 /// Strips ANSI escape sequences (`ESC [ ... letter`) from a log line.
@@ -417,8 +482,8 @@ fn pump(
     })
 }
 
-/// The `ip_reputation` example agent running as a child process on `127.0.0.1:<kernel port>`,
-/// with `RUST_LOG=debug`; killed on drop.
+/// An agent running as a child process on `127.0.0.1:<kernel port>`, with `RUST_LOG=debug`
+/// and `NO_COLOR=1`; killed on drop. Its stdout and stderr are collected for [`Self::log`].
 #[derive(Debug)]
 pub struct AgentProcess {
     child: Child,
@@ -428,18 +493,25 @@ pub struct AgentProcess {
 }
 
 impl AgentProcess {
-    /// Starts the agent and waits (at most 10 s) until it reports its listening address.
+    /// Starts the `ip_reputation` example ([`agent_binary`]) on `127.0.0.1:0` and waits (at
+    /// most 10 s) until it reports its listening address.
     pub fn start() -> Self {
-        let bin = agent_binary();
-        let mut child = Command::new(&bin)
-            .arg("127.0.0.1:0")
+        Self::start_with(&agent_binary(), &["127.0.0.1:0"])
+    }
+
+    /// Starts `bin args...` and waits (at most 10 s) until it prints `listening on <addr>` to
+    /// stderr, e.g. `start_with(&spoa_binary(), &["echo", "--listen", "127.0.0.1:0"])`.
+    /// Panics with the process's output if it does not.
+    pub fn start_with(bin: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(bin)
+            .args(args)
             .env("RUST_LOG", "debug")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("start the example agent {}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("start the agent {} {args:?}: {e}", bin.display()));
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let pumps = vec![
@@ -462,7 +534,7 @@ impl AgentProcess {
             Err(_) => {
                 let status = agent.child.try_wait().ok().flatten();
                 panic!(
-                    "the example agent {} did not report a listening address within \
+                    "the agent {} {args:?} did not report a listening address within \
                      {START_TIMEOUT:?} (exit status: {status:?}); its log:\n{}",
                     bin.display(),
                     agent.log()
@@ -483,6 +555,17 @@ impl AgentProcess {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
+    }
+
+    /// The `capabilities=` of every "handshake done" line spoa-runtime logged so far (one per
+    /// HELLO that was not a health check), e.g. `"pipelining"` or `""`.
+    pub fn negotiated_capabilities(&self) -> Vec<String> {
+        negotiated_capabilities(&self.log())
+    }
+
+    /// The process's exit status, if it has exited.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
     }
 }
 
@@ -519,6 +602,18 @@ impl HaproxyConfig {
         Self {
             cfg_template: "haproxy.cfg.in",
             spoe_template: "spoe.conf.in",
+            agent_addr,
+            pipelining,
+        }
+    }
+
+    /// The echo scenario: `haproxy-echo.cfg.in` + `spoe-echo.conf.in`. Message `echo` sends
+    /// `ip=src str=path n=int(-7)`; the reply body is
+    /// `ip=%[var(txn.echo.ip)] str=%[var(txn.echo.str)] n=%[var(txn.echo.n)]\n`.
+    pub fn echo(agent_addr: SocketAddr, pipelining: bool) -> Self {
+        Self {
+            cfg_template: "haproxy-echo.cfg.in",
+            spoe_template: "spoe-echo.conf.in",
             agent_addr,
             pipelining,
         }
@@ -725,6 +820,32 @@ impl HaproxyInstance {
         parse_server_stat(&csv, backend, server)
     }
 
+    /// Polls [`Self::server_stat`] until `want` accepts the state of `backend/server`, for at
+    /// most `timeout`. The error carries the last answer.
+    pub fn wait_for_server(
+        &self,
+        backend: &str,
+        server: &str,
+        timeout: Duration,
+        want: impl Fn(&ServerStat) -> bool,
+    ) -> Result<ServerStat, String> {
+        let mut last = String::from("(no answer yet)");
+        wait_until(timeout, || match self.server_stat(backend, server) {
+            Ok(Some(st)) if want(&st) => Some(st),
+            other => {
+                last = format!("{other:?}");
+                None
+            }
+        })
+        .ok_or_else(|| format!("last show stat of {backend}/{server}: {last}"))
+    }
+
+    /// The SPOE lines HAProxy logged so far for the agent `spoe_agent` (the `spoe-agent`
+    /// section name, e.g. `echo-agent`).
+    pub fn spoe_log_lines(&self, spoe_agent: &str) -> Vec<SpoeLogLine> {
+        parse_spoe_log_lines(&self.stdout_log(), spoe_agent)
+    }
+
     /// What HAProxy wrote to stderr (warnings and alerts).
     pub fn stderr_log(&self) -> String {
         read_lossy(&self.stderr_path)
@@ -763,6 +884,46 @@ impl Drop for HaproxyInstance {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// One `SPOE: [<agent>] <EVENT:...> sid=.. st=<status> <timings> ...` line of HAProxy's log.
+#[derive(Debug, Clone)]
+pub struct SpoeLogLine {
+    /// `st=`: 0 on success, 1 for a processing timeout, ...
+    pub status: String,
+    /// 2.6/3.0: `t_request/t_queue/t_waiting/t_response/t_process`; 3.2: one number.
+    pub timings: String,
+    /// The whole line.
+    pub line: String,
+}
+
+impl SpoeLogLine {
+    /// A processing timeout (`st=1`) of a message that never left HAProxy's sending queue
+    /// (`t_queue` and `t_waiting` are -1): the agent never saw it.
+    pub fn never_sent_timeout(&self) -> bool {
+        let t: Vec<&str> = self.timings.split('/').collect();
+        self.status == "1" && t.len() == 5 && t[1] == "-1" && t[2] == "-1"
+    }
+}
+
+/// The `SPOE: [<spoe_agent>]` lines of an HAProxy log.
+pub fn parse_spoe_log_lines(log: &str, spoe_agent: &str) -> Vec<SpoeLogLine> {
+    let prefix = format!("SPOE: [{spoe_agent}]");
+    log.lines()
+        .filter(|l| l.starts_with(&prefix))
+        .map(|l| {
+            let mut words = l.split_whitespace().skip_while(|w| !w.starts_with("st="));
+            SpoeLogLine {
+                status: words
+                    .next()
+                    .and_then(|w| w.strip_prefix("st="))
+                    .unwrap_or("?")
+                    .to_owned(),
+                timings: words.next().unwrap_or("").to_owned(),
+                line: l.to_owned(),
+            }
+        })
+        .collect()
 }
 
 /// Sends `command` + `\n` to the HAProxy runtime API at `socket` and reads until EOF.

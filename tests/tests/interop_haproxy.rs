@@ -18,7 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use spop_tests::interop::{
-    AgentProcess, HaproxyConfig, HaproxyInstance, ServerStat, agent_binary, haproxy, wait_until,
+    AgentProcess, HaproxyConfig, HaproxyInstance, ServerStat, SpoeLogLine, agent_binary, haproxy,
+    wait_until,
 };
 
 /// Bound for one test once HAProxy and the agent binary are available.
@@ -52,75 +53,14 @@ fn wait_for_agent_state(
     what: &str,
     want: impl Fn(&ServerStat) -> bool,
 ) -> ServerStat {
-    let mut last = String::from("(no answer yet)");
-    let found = wait_until(CHECK_TIMEOUT, || {
-        match hap.server_stat("be_agent", "agent") {
-            Ok(Some(st)) if want(&st) => Some(st),
-            other => {
-                last = format!("{other:?}");
-                None
-            }
-        }
-    });
-    found.unwrap_or_else(|| {
-        fail(
-            &format!(
-                "be_agent/agent never became {what} within {CHECK_TIMEOUT:?}; \
-                 last show stat: {last}"
-            ),
-            hap,
-            agent,
-        )
-    })
-}
-
-/// One `SPOE: [iprep-agent] <EVENT:...> sid=.. st=<status> <timings> ...` line of HAProxy's log.
-#[derive(Debug)]
-struct SpoeLogLine {
-    status: String,
-    /// 2.6/3.0: `t_request/t_queue/t_waiting/t_response/t_process`; 3.2: one number.
-    timings: String,
-    line: String,
-}
-
-impl SpoeLogLine {
-    /// A processing timeout (`st=1`) of a message that never left HAProxy's sending queue
-    /// (`t_queue` and `t_waiting` are -1): the agent never saw it.
-    fn never_sent_timeout(&self) -> bool {
-        let t: Vec<&str> = self.timings.split('/').collect();
-        self.status == "1" && t.len() == 5 && t[1] == "-1" && t[2] == "-1"
-    }
-}
-
-fn spoe_log_lines(log: &str) -> Vec<SpoeLogLine> {
-    log.lines()
-        .filter(|l| l.starts_with("SPOE: [iprep-agent]"))
-        .map(|l| {
-            let mut words = l.split_whitespace().skip_while(|w| !w.starts_with("st="));
-            SpoeLogLine {
-                status: words
-                    .next()
-                    .and_then(|w| w.strip_prefix("st="))
-                    .unwrap_or("?")
-                    .to_owned(),
-                timings: words.next().unwrap_or("").to_owned(),
-                line: l.to_owned(),
-            }
+    hap.wait_for_server("be_agent", "agent", CHECK_TIMEOUT, want)
+        .unwrap_or_else(|last| {
+            fail(
+                &format!("be_agent/agent never became {what} within {CHECK_TIMEOUT:?}; {last}"),
+                hap,
+                agent,
+            )
         })
-        .collect()
-}
-
-/// The agent's `capabilities=` on each "handshake done" line (HELLOs that were not checks).
-fn negotiated_capabilities(agent_log: &str) -> Vec<String> {
-    agent_log
-        .lines()
-        .filter(|l| l.contains("handshake done"))
-        .map(|l| {
-            l.split_once("capabilities=")
-                .map_or("?", |(_, c)| c.split_whitespace().next().unwrap_or(""))
-                .to_owned()
-        })
-        .collect()
 }
 
 /// Outcome of one GET /.
@@ -238,7 +178,7 @@ fn agent_serves(series: &str, pipelining: bool) {
 
     // HAProxy logged one SPOE line per request: st=0, except for the tolerated timeouts.
     let logged = wait_until(Duration::from_secs(5), || {
-        let lines = spoe_log_lines(&hap.stdout_log());
+        let lines = hap.spoe_log_lines("iprep-agent");
         (lines.len() >= total).then_some(lines)
     });
     let Some(lines) = logged.filter(|l| l.len() == total) else {
@@ -277,7 +217,7 @@ fn agent_serves(series: &str, pipelining: bool) {
     }
 
     // The agent negotiated pipelining exactly when HAProxy offered it.
-    let caps = negotiated_capabilities(&agent.log());
+    let caps = agent.negotiated_capabilities();
     let expected = if pipelining { "pipelining" } else { "" };
     if caps.is_empty() || caps.iter().any(|c| c != expected) {
         fail(
