@@ -1,8 +1,11 @@
 //! The per-connection driver: runs the `spop-proto` state machine over an async stream.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -112,6 +115,13 @@ where
     why
 }
 
+/// What handling one event asks of the loop.
+enum Step {
+    Continue,
+    AckedInline,
+    Closed(ConnectionError),
+}
+
 enum Outcome {
     Done(Actions),
     Failed(BoxError),
@@ -164,11 +174,22 @@ impl<H: Handler> Driver<H> {
         let mut draining = false;
         loop {
             conn.poll_transmit(&mut wbuf);
+            let mut acked_inline = false;
             while let Some(event) = conn.poll_event() {
-                if let Some(why) = self.on_event(event) {
-                    self.finish(&mut wr, &mut wbuf, &why).await;
-                    return why;
+                match self.on_event(&mut conn, event) {
+                    Step::Continue => {}
+                    Step::AckedInline => acked_inline = true,
+                    Step::Closed(why) => {
+                        conn.poll_transmit(&mut wbuf);
+                        self.finish(&mut wr, &mut wbuf, &why).await;
+                        return why;
+                    }
                 }
+            }
+            if acked_inline {
+                // freed in-flight slots may let buffered frames through
+                conn.handle_read(now(), &mut rbuf);
+                continue;
             }
             let deadline = conn.poll_timeout();
             let can_read = conn.wants_read() && wbuf.len() < high_water;
@@ -226,15 +247,15 @@ impl<H: Handler> Driver<H> {
         }
     }
 
-    /// Handles one event; returns the close reason when the connection is over.
-    fn on_event(&mut self, event: Event) -> Option<ConnectionError> {
+    /// Handles one event.
+    fn on_event(&mut self, conn: &mut AgentConnection, event: Event) -> Step {
         match event {
             Event::Established(n) => {
                 tracing::Span::current().record("engine_id", n.engine_id.as_deref().unwrap_or(""));
                 if n.healthcheck {
                     self.shared.metrics.health_check();
                     debug!("health check answered");
-                    return None;
+                    return Step::Continue;
                 }
                 let info = Arc::make_mut(&mut self.info);
                 info.engine_id = n.engine_id.clone();
@@ -246,16 +267,24 @@ impl<H: Handler> Driver<H> {
             }
             Event::Notify(notify) => {
                 self.shared.metrics.notify();
-                self.spawn(notify);
+                let id = notify.id();
+                if let Some((outcome, elapsed)) = self.start_handler(notify) {
+                    self.shared.metrics.handler_latency(elapsed);
+                    self.ack(conn, id, outcome);
+                    return Step::AckedInline;
+                }
             }
             Event::FrameSkipped(t) => debug!(frame_type = t.0, "skipped a frame of unknown type"),
-            Event::Closed(why) => return Some(why),
+            Event::Closed(why) => return Step::Closed(why),
             _ => {}
         }
-        None
+        Step::Continue
     }
 
-    fn spawn(&mut self, notify: Notify) {
+    /// Starts the handler for `notify`. It is polled once right here: a handler that
+    /// completes without waiting (the common case: in-memory lookups) is answered without a
+    /// task spawn, and its outcome returned. Otherwise it continues on its own task.
+    fn start_handler(&mut self, notify: Notify) -> Option<(Outcome, Duration)> {
         let nid = notify.id();
         let req = Request {
             notify,
@@ -286,8 +315,17 @@ impl<H: Handler> Driver<H> {
             };
             (outcome, start.elapsed())
         };
+        let mut task = Box::pin(task);
+        let mut cx = Context::from_waker(Waker::noop());
+        match catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
+            Ok(Poll::Ready(done)) => return Some(done),
+            Err(_) => return Some((Outcome::Panicked, Duration::ZERO)),
+            Ok(Poll::Pending) => {}
+        }
+        // polled again on its task, with a real waker
         let handle = self.tasks.spawn(task);
         self.task_ids.insert(handle.id(), nid);
+        None
     }
 
     fn ack(&self, conn: &mut AgentConnection, id: NotifyId, outcome: Outcome) {
