@@ -1,0 +1,753 @@
+//! Support for the hostile-peer tests: `tests/hostile_matrix.rs` (malformed input against a
+//! running agent) and `tests/flood.rs` (connection, pipelining and handler floods).
+//!
+//! - [`spoa_binary`] builds the `spoa` CLI the way [`crate::interop::agent_binary`] builds the
+//!   example agent: `$CARGO build -p spoa-cli --bin spoa` into the test's own target dir.
+//! - [`EchoAgent`] runs `spoa echo` as a child process with a raised fd limit and reads its
+//!   RSS and open fds from `/proc`; killed on drop.
+//! - [`InProcessAgent`] runs a `spoa_runtime::Server` on its own tokio runtime thread; its
+//!   metrics and live task count are at hand; stopped on drop.
+//! - [`Peer`] plays HAProxy's side of one connection over a blocking socket; every read and
+//!   write is bounded in time and failures come back as `Err(String)`, so a table-driven test
+//!   can report each case's failure and carry on.
+//! - Frame builders for well-formed and malformed bytes.
+//!
+//! Everything listens on and connects to 127.0.0.1 only.
+
+use std::fmt;
+use std::fs::{self, File};
+use std::io::{self, BufRead, BufReader, Read, Write};
+use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use spoa_runtime::{Handler, MetricsSnapshot, ServerBuilder};
+use spop_proto::frame::{Frame, FrameDecoder, FrameFlags, FrameHeader, HaproxyHello, encode_frame};
+use spop_proto::{FrameType, Notify, NotifyId};
+
+use crate::interop::{TempDir, workspace_root};
+
+/// The longest wait for any one expected event (a frame, EOF, a process state).
+pub const STEP: Duration = Duration::from_secs(2);
+/// Startup bound for an agent process.
+pub const START_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound for building the `spoa` binary.
+const BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+/// The fd limit asked for in [`raised_nofile`] children.
+pub const NOFILE_WANTED: u64 = 65_536;
+
+/// `sh -c` script: raise the soft fd limit (to 65536, else to the hard limit), then exec the
+/// program in `$0` with the remaining arguments; the child keeps the pid of the `sh`.
+const RAISE_NOFILE_AND_EXEC: &str =
+    "ulimit -n 65536 2>/dev/null || ulimit -n \"$(ulimit -Hn)\" 2>/dev/null; exec \"$0\" \"$@\"";
+
+// ---------------------------------------------------------------------------------------------
+// Building and running processes
+// ---------------------------------------------------------------------------------------------
+
+/// Path of the `spoa` CLI binary, built if needed (once per process).
+///
+/// Under cargo (`CARGO` is set for tests) this runs `$CARGO build -p spoa-cli --bin spoa` into
+/// the test's own target dir and profile, so `cargo test -p spop-tests` never runs a stale
+/// agent. Without cargo, the binary next to the test executable is used.
+pub fn spoa_binary() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(find_or_build_spoa)
+        .clone()
+        .unwrap_or_else(|msg| panic!("{msg}"))
+}
+
+fn find_or_build_spoa() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
+    // <target-dir>/[<triple>/]<profile-dir>/deps/<test>-<hash>
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))?;
+    let beside = profile_dir.join("spoa");
+    let Some(cargo) = std::env::var_os("CARGO") else {
+        return if beside.exists() {
+            Ok(beside)
+        } else {
+            Err(format!(
+                "the spoa binary {} is missing and CARGO is not set to build it; run \
+                 `cargo build -p spoa-cli --bin spoa`",
+                beside.display()
+            ))
+        };
+    };
+    let profile_name = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("debug");
+    let profile = match profile_name {
+        "debug" => "dev",
+        other => other,
+    };
+    // The target dir is the ancestor cargo tagged with CACHEDIR.TAG (skips a <triple>/ level).
+    let target_dir = profile_dir
+        .ancestors()
+        .skip(1)
+        .find(|d| d.join("CACHEDIR.TAG").exists())
+        .unwrap_or_else(|| profile_dir.parent().unwrap_or(profile_dir));
+    let built = target_dir.join(profile_name).join("spoa");
+
+    let dir = TempDir::new("build-spoa");
+    let out_path = dir.path().join("output");
+    let out = File::create(&out_path).map_err(|e| format!("create {}: {e}", out_path.display()))?;
+    let err = out.try_clone().map_err(|e| format!("dup: {e}"))?;
+    let mut cmd = Command::new(&cargo);
+    cmd.args(["build", "--quiet", "-p", "spoa-cli", "--bin", "spoa"])
+        .arg("--profile")
+        .arg(profile)
+        .arg("--target-dir")
+        .arg(target_dir)
+        .current_dir(workspace_root())
+        .stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err);
+    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().map_err(|e| format!("wait: {e}"))? {
+            break status;
+        }
+        if start.elapsed() > BUILD_TIMEOUT {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!(
+                "{cmd:?} did not finish within {BUILD_TIMEOUT:?}:\n{}",
+                read_lossy(&out_path)
+            ));
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    if !status.success() {
+        return Err(format!(
+            "building spoa failed ({status}): {cmd:?}\n{}",
+            read_lossy(&out_path)
+        ));
+    }
+    if built.exists() {
+        Ok(built)
+    } else {
+        Err(format!(
+            "{cmd:?} succeeded but {} does not exist",
+            built.display()
+        ))
+    }
+}
+
+fn read_lossy(path: &Path) -> String {
+    fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
+}
+
+/// A command running `program` under `sh -c` with the soft fd limit raised to
+/// [`NOFILE_WANTED`] (or to the hard limit when that is lower). Add arguments with `.arg()`.
+/// The shell `exec`s the program, so the child's pid is the program's.
+pub fn raised_nofile(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(RAISE_NOFILE_AND_EXEC).arg(program);
+    cmd
+}
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`, ...).
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|l| {
+        let rest = l.strip_prefix(field)?.strip_prefix(':')?;
+        rest.trim().strip_suffix("kB")?.trim().parse().ok()
+    })
+}
+
+/// Number of open fds of a process (entries of `/proc/<pid>/fd`).
+pub fn fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
+}
+
+/// The soft `Max open files` limit of a process (`None`: this process); `u64::MAX` when
+/// unlimited.
+pub fn nofile_soft_limit(pid: Option<u32>) -> Option<u64> {
+    let path = pid.map_or_else(
+        || "/proc/self/limits".to_string(),
+        |p| format!("/proc/{p}/limits"),
+    );
+    let limits = fs::read_to_string(path).ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    let soft = line
+        .trim_start_matches("Max open files")
+        .split_whitespace()
+        .next()?;
+    if soft == "unlimited" {
+        Some(u64::MAX)
+    } else {
+        soft.parse().ok()
+    }
+}
+
+/// Calls `probe` every 10 ms until it returns `Some`, for at most `timeout`.
+pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Copies lines from `r` into `log`; sends the address of a "listening on <addr>" line.
+fn pump(
+    r: impl Read + Send + 'static,
+    log: Arc<Mutex<String>>,
+    listening: Option<mpsc::Sender<SocketAddr>>,
+) -> JoinHandle<()> {
+    thread::spawn(move || {
+        let mut r = BufReader::new(r);
+        let mut buf = Vec::new();
+        loop {
+            buf.clear();
+            match r.read_until(b'\n', &mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+            let line = String::from_utf8_lossy(&buf);
+            let line = line.trim_end();
+            if let Some(tx) = &listening {
+                if let Some(Ok(addr)) = line
+                    .rsplit_once("listening on ")
+                    .map(|(_, a)| a.trim().parse())
+                {
+                    let _ = tx.send(addr);
+                }
+            }
+            let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
+            // keep memory bounded if a test makes the agent log a lot
+            if log.len() < 1 << 20 {
+                log.push_str(line);
+                log.push('\n');
+            }
+        }
+    })
+}
+
+/// `spoa echo --listen 127.0.0.1:0` as a child process, its soft fd limit raised to
+/// [`NOFILE_WANTED`] where the hard limit allows; killed on drop.
+#[derive(Debug)]
+pub struct EchoAgent {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+    pumps: Vec<JoinHandle<()>>,
+}
+
+impl EchoAgent {
+    /// Starts `spoa echo` with `RUST_LOG=info` and these extra arguments; waits (at most 10 s)
+    /// for its "listening on ADDR" line.
+    pub fn start(extra_args: &[&str]) -> Self {
+        Self::start_with_log(extra_args, "info")
+    }
+
+    /// Like [`start`](Self::start) with another `RUST_LOG` filter.
+    pub fn start_with_log(extra_args: &[&str], rust_log: &str) -> Self {
+        let bin = spoa_binary();
+        let mut child = raised_nofile(&bin)
+            .args(["echo", "--listen", "127.0.0.1:0"])
+            .args(extra_args)
+            .env("RUST_LOG", rust_log)
+            .env("NO_COLOR", "1")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {} echo: {e}", bin.display()));
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let pumps = vec![
+            pump(child.stdout.take().expect("piped"), Arc::clone(&log), None),
+            pump(
+                child.stderr.take().expect("piped"),
+                Arc::clone(&log),
+                Some(tx),
+            ),
+        ];
+        let addr = rx.recv_timeout(START_TIMEOUT);
+        let mut agent = Self {
+            child,
+            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+            log,
+            pumps,
+        };
+        match addr {
+            Ok(addr) => agent.addr = addr,
+            Err(_) => {
+                let status = agent.child.try_wait().ok().flatten();
+                panic!(
+                    "`{} echo` did not report a listening address within {START_TIMEOUT:?} \
+                     (exit status: {status:?}); its log:\n{}",
+                    bin.display(),
+                    agent.log()
+                );
+            }
+        }
+        agent
+    }
+
+    /// The address it listens on.
+    pub const fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Ok` while the process runs; else how it ended, with its log.
+    pub fn alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "the agent process exited ({status}); its log:\n{}",
+                self.log()
+            )),
+            Err(e) => Err(format!("cannot check the agent process: {e}")),
+        }
+    }
+
+    /// Resident set size in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmRSS").unwrap_or(0)
+    }
+
+    /// Peak resident set size in KiB (`VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        proc_status_kib(self.pid(), "VmHWM").unwrap_or(0)
+    }
+
+    /// Open fds (listener, sockets, stdio, epoll...).
+    pub fn fd_count(&self) -> usize {
+        fd_count(self.pid())
+    }
+
+    /// Its soft fd limit.
+    pub fn nofile_limit(&self) -> u64 {
+        nofile_soft_limit(Some(self.pid())).unwrap_or(0)
+    }
+
+    /// Everything it wrote to stdout and stderr so far (the first MiB).
+    pub fn log(&self) -> String {
+        self.log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+}
+
+impl Drop for EchoAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        for p in self.pumps.drain(..) {
+            let _ = p.join();
+        }
+    }
+}
+
+/// A `spoa_runtime::Server` serving 127.0.0.1:<kernel port> on its own two-worker tokio
+/// runtime (a dedicated thread); shut down gracefully on drop.
+#[derive(Debug)]
+pub struct InProcessAgent {
+    addr: SocketAddr,
+    metrics: Arc<spoa_runtime::Metrics>,
+    handle: tokio::runtime::Handle,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl InProcessAgent {
+    /// Builds the server from `builder` (with the shutdown grace set to 1 s, so a drop is
+    /// quick) and starts serving `handler`.
+    pub fn start<H: Handler>(builder: ServerBuilder, handler: H) -> Self {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind 127.0.0.1:0");
+        listener.set_nonblocking(true).expect("set_nonblocking");
+        let addr = listener.local_addr().expect("local_addr");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let handle = rt.handle().clone();
+        let server = builder.shutdown_grace(Duration::from_secs(1)).build();
+        let metrics = Arc::clone(server.metrics());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = thread::spawn(move || {
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).expect("tokio listener");
+                server
+                    .serve(listener, handler, async {
+                        let _ = rx.await;
+                    })
+                    .await;
+            });
+            rt.shutdown_timeout(Duration::from_secs(1));
+        });
+        Self {
+            addr,
+            metrics,
+            handle,
+            stop: Some(tx),
+            thread: Some(thread),
+        }
+    }
+
+    /// The address it listens on.
+    pub const fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The server's metrics now.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Tasks alive on its runtime (the accept loop, one per connection, one per running
+    /// handler).
+    pub fn alive_tasks(&self) -> usize {
+        self.handle.metrics().num_alive_tasks()
+    }
+
+    /// `Ok` while the server's thread runs.
+    pub fn alive(&self) -> Result<(), String> {
+        match &self.thread {
+            Some(t) if !t.is_finished() => Ok(()),
+            _ => Err("the in-process server stopped".into()),
+        }
+    }
+}
+
+impl Drop for InProcessAgent {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Frames
+// ---------------------------------------------------------------------------------------------
+
+/// A HAPROXY-HELLO: version 2.0, `capabilities`, and `max_frame_size` (UINT32, or UINT64 above
+/// `u32::MAX`).
+pub fn hello(max_frame_size: u64, capabilities: &str) -> Vec<u8> {
+    let mut h = HaproxyHello::new(16380, capabilities);
+    h.max_frame_size = Some(max_frame_size);
+    hello_frame(&h)
+}
+
+/// Encodes a HAPROXY-HELLO.
+pub fn hello_frame(hello: &HaproxyHello<'_>) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    hello.encode(&mut buf);
+    buf.to_vec()
+}
+
+/// A NOTIFY with message `m` carrying `i` (INT64, as HAProxy sends integer samples).
+pub fn notify_i(id: NotifyId, i: i64) -> Notify {
+    Notify::builder(id).message("m").arg("i", i).build()
+}
+
+/// Encodes a NOTIFY.
+pub fn notify_frame(notify: &Notify) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    notify.encode(&mut buf);
+    buf.to_vec()
+}
+
+/// One frame of any type, flags, ids and payload, length prefix computed.
+pub fn raw_frame(
+    frame_type: FrameType,
+    flags: u32,
+    stream_id: u64,
+    frame_id: u64,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut buf = BytesMut::new();
+    encode_frame(
+        &mut buf,
+        FrameHeader::new(frame_type, FrameFlags(flags), stream_id, frame_id),
+        |b| b.extend_from_slice(payload),
+    );
+    buf.to_vec()
+}
+
+/// A length prefix announcing `len`, followed by `body` zero bytes.
+pub fn length_prefix(len: u32, body: usize) -> Vec<u8> {
+    let mut v = len.to_be_bytes().to_vec();
+    v.resize(4 + body, 0);
+    v
+}
+
+// ---------------------------------------------------------------------------------------------
+// HAProxy's side of a connection
+// ---------------------------------------------------------------------------------------------
+
+/// The payload of a frame received from the agent, decoded into owned values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// AGENT-HELLO.
+    AgentHello {
+        /// `version`.
+        version: Option<String>,
+        /// `max-frame-size`.
+        max_frame_size: Option<u64>,
+        /// `capabilities`.
+        capabilities: Option<String>,
+    },
+    /// ACK, its actions rendered with `Display` (`set-var txn.x = int64:1`).
+    Ack(Vec<String>),
+    /// AGENT-DISCONNECT.
+    Disconnect {
+        /// `status-code`.
+        status: Option<u64>,
+        /// `message`.
+        message: String,
+    },
+    /// Anything else (the agent should never send it), or an undecodable payload.
+    Other(String),
+}
+
+/// One frame received from the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// Its header.
+    pub header: FrameHeader,
+    /// Its payload.
+    pub reply: Reply,
+}
+
+impl fmt::Display for Received {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let h = &self.header;
+        match &self.reply {
+            Reply::AgentHello {
+                version,
+                max_frame_size,
+                capabilities,
+            } => write!(
+                f,
+                "AGENT-HELLO version {version:?} max-frame-size {max_frame_size:?} \
+                 capabilities {capabilities:?}"
+            ),
+            Reply::Ack(actions) => write!(f, "ACK {} {actions:?}", h.id()),
+            Reply::Disconnect { status, message } => {
+                write!(f, "AGENT-DISCONNECT status {status:?} {message:?}")
+            }
+            Reply::Other(what) => write!(f, "{:?} frame: {what}", h.frame_type),
+        }
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn decode_reply(header: &FrameHeader, payload: &[u8]) -> Reply {
+    match Frame::parse(header, payload) {
+        Ok(Frame::AgentHello(h)) => Reply::AgentHello {
+            version: h.version.map(lossy),
+            max_frame_size: h.max_frame_size,
+            capabilities: h.capabilities.map(lossy),
+        },
+        Ok(Frame::Ack(list)) => Reply::Ack(list.iter().map(|a| a.to_string()).collect()),
+        Ok(Frame::AgentDisconnect(d)) => Reply::Disconnect {
+            status: d.status_code,
+            message: d.message.map(lossy).unwrap_or_default(),
+        },
+        Ok(other) => Reply::Other(format!("{other:?}")),
+        Err(e) => Reply::Other(format!("undecodable payload: {e}")),
+    }
+}
+
+/// HAProxy's side of one TCP connection, blocking, every wait bounded.
+#[derive(Debug)]
+pub struct Peer {
+    sock: TcpStream,
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Peer {
+    /// Connects within [`STEP`].
+    pub fn connect(addr: SocketAddr) -> Result<Self, String> {
+        let sock = TcpStream::connect_timeout(&addr, STEP)
+            .map_err(|e| format!("connect to {addr}: {e}"))?;
+        let _ = sock.set_nodelay(true);
+        Ok(Self {
+            sock,
+            rbuf: BytesMut::with_capacity(1024),
+            // larger than anything the agent may send: the agent's limits are what is tested
+            decoder: FrameDecoder::new(1 << 20),
+        })
+    }
+
+    /// The socket (for `try_clone`, timeouts, shutdown).
+    pub const fn socket(&self) -> &TcpStream {
+        &self.sock
+    }
+
+    /// Writes all of `bytes` within [`STEP`].
+    pub fn send(&mut self, bytes: &[u8]) -> Result<(), String> {
+        let _ = self.sock.set_write_timeout(Some(STEP));
+        self.sock
+            .write_all(bytes)
+            .map_err(|e| format!("write of {} bytes failed: {e}", bytes.len()))
+    }
+
+    /// Closes the sending side (FIN); reading still works.
+    pub fn half_close(&self) -> Result<(), String> {
+        self.sock
+            .shutdown(Shutdown::Write)
+            .map_err(|e| format!("shutdown(Write): {e}"))
+    }
+
+    /// The next frame within `wait`: `Ok(None)` at a clean EOF with nothing buffered; `Err` on
+    /// timeout, read error (reset), EOF inside a frame, or a frame the decoder refuses.
+    pub fn recv(&mut self, wait: Duration) -> Result<Option<Received>, String> {
+        let deadline = Instant::now() + wait;
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(raw)) => {
+                    let reply = decode_reply(&raw.header, &raw.payload);
+                    return Ok(Some(Received {
+                        header: raw.header,
+                        reply,
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => return Err(format!("the agent sent a bad frame: {e}")),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(format!(
+                    "nothing within {wait:?} ({} bytes of a partial frame buffered)",
+                    self.rbuf.len()
+                ));
+            }
+            let _ = self.sock.set_read_timeout(Some(left));
+            let mut chunk = [0u8; 4096];
+            match self.sock.read(&mut chunk) {
+                Ok(0) if self.rbuf.is_empty() => return Ok(None),
+                Ok(0) => {
+                    return Err(format!(
+                        "EOF inside a frame ({} bytes buffered)",
+                        self.rbuf.len()
+                    ));
+                }
+                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(format!("read failed: {e}")),
+            }
+        }
+    }
+
+    /// The next frame within [`STEP`]; EOF is an error.
+    pub fn recv_frame(&mut self) -> Result<Received, String> {
+        self.recv(STEP)?
+            .ok_or_else(|| "EOF while waiting for a frame".to_string())
+    }
+
+    /// A clean EOF (and no frame) within [`STEP`].
+    pub fn expect_eof(&mut self) -> Result<(), String> {
+        match self.recv(STEP) {
+            Ok(None) => Ok(()),
+            Ok(Some(f)) => Err(format!("expected EOF, got {f}")),
+            Err(e) => Err(format!("expected a clean EOF: {e}")),
+        }
+    }
+
+    /// Sends a HELLO offering `max_frame_size` and pipelining; returns the AGENT-HELLO's
+    /// max-frame-size after checking its version (2.0), flags (FIN) and ids (0/0).
+    pub fn handshake_with(&mut self, max_frame_size: u64) -> Result<u64, String> {
+        self.send(&hello(max_frame_size, "pipelining"))?;
+        self.expect_agent_hello()
+    }
+
+    /// Reads the AGENT-HELLO; returns its max-frame-size (see [`handshake_with`](Self::handshake_with)).
+    pub fn expect_agent_hello(&mut self) -> Result<u64, String> {
+        let f = self
+            .recv_frame()
+            .map_err(|e| format!("waiting for AGENT-HELLO: {e}"))?;
+        match &f.reply {
+            Reply::AgentHello {
+                version,
+                max_frame_size: Some(size),
+                ..
+            } if version.as_deref() == Some("2.0")
+                && f.header.flags == FrameFlags::FIN
+                && f.header.id() == NotifyId::new(0, 0) =>
+            {
+                Ok(*size)
+            }
+            _ => Err(format!(
+                "expected an AGENT-HELLO (version 2.0, FIN, ids 0/0), got {f} {:?}",
+                f.header
+            )),
+        }
+    }
+
+    /// The usual handshake: offer 16380 and expect the agent to accept 16380.
+    pub fn handshake(&mut self) -> Result<(), String> {
+        match self.handshake_with(16380)? {
+            16380 => Ok(()),
+            other => Err(format!(
+                "AGENT-HELLO max-frame-size {other}, expected 16380"
+            )),
+        }
+    }
+
+    /// Sends [`notify_i`]`(id, i)`; the next frame must be its ACK. Returns the ACK's actions.
+    pub fn roundtrip(&mut self, id: NotifyId, i: i64) -> Result<Vec<String>, String> {
+        self.send(&notify_frame(&notify_i(id, i)))?;
+        let f = self
+            .recv_frame()
+            .map_err(|e| format!("waiting for the ACK of {id}: {e}"))?;
+        match f.reply {
+            Reply::Ack(actions) if f.header.id() == id && f.header.flags == FrameFlags::FIN => {
+                Ok(actions)
+            }
+            _ => Err(format!("expected the ACK of {id}, got {f}")),
+        }
+    }
+
+    /// [`roundtrip`](Self::roundtrip) against the echo agent: the ACK must set `txn.i`.
+    pub fn echo_roundtrip(&mut self, id: NotifyId, i: i64) -> Result<(), String> {
+        let actions = self.roundtrip(id, i)?;
+        let want = [format!("set-var txn.i = int64:{i}")];
+        if actions == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "ACK of {id} carries {actions:?}, expected {want:?}"
+            ))
+        }
+    }
+}
