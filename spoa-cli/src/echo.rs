@@ -41,6 +41,12 @@ pub(crate) struct EchoArgs {
     /// Never send an empty ACK (HAProxy 3.1.0 stalls on them): pad with a harmless unset-var.
     #[arg(long)]
     pad_empty_ack: bool,
+    /// Connections served at once; further ones wait in the listen queue.
+    #[arg(long, default_value_t = 10_000)]
+    max_connections: usize,
+    /// Time allowed for HAProxy's HELLO after a connection opens (e.g. `10s`, `500ms`).
+    #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
+    hello_timeout: std::time::Duration,
     /// Worker threads; 0 means one per available core (1 runs a single-threaded runtime).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
@@ -73,6 +79,8 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         .pipelining(!args.no_pipelining)
         .max_in_flight(args.max_in_flight.max(1))
         .pad_empty_ack(args.pad_empty_ack)
+        .max_connections(args.max_connections.max(1))
+        .hello_timeout(Some(args.hello_timeout))
         .build();
     let scope = args.scope;
     let handler = handler_fn(move |req: Request| -> Ready<Result<Actions, Infallible>> {

@@ -83,13 +83,34 @@ pub(crate) enum AnyListener {
     Unix(UnixListener, PathBuf),
 }
 
+/// Listen backlog: HAProxy opens connections in bursts (one per thread, more under load);
+/// the OS default of 128 overflows and the kernel then drops SYNs (1 s client retries).
+const BACKLOG: u32 = 1024;
+
+async fn bind_tcp(addr: &str) -> io::Result<TcpListener> {
+    let mut last = None;
+    for sa in tokio::net::lookup_host(addr).await? {
+        let socket = if sa.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        match socket.bind(sa).and_then(|()| socket.listen(BACKLOG)) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("address resolved to nothing")))
+}
+
 impl AnyListener {
     /// Binds `addr`. For a Unix socket, a stale socket file (nobody accepting) is removed
     /// first; a live one, or a file that is not a socket, is an error.
     pub(crate) async fn bind(addr: &Addr) -> anyhow::Result<Self> {
         match addr {
             Addr::Tcp(a) => Ok(Self::Tcp(
-                TcpListener::bind(a.as_str())
+                bind_tcp(a)
                     .await
                     .with_context(|| format!("cannot listen on {a}"))?,
             )),
