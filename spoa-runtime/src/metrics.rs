@@ -72,7 +72,7 @@ pub struct MetricsSnapshot {
     pub disconnects: Vec<(StatusCode, u64)>,
     /// Connections closed by the peer (EOF/reset/HAPROXY-DISCONNECT).
     pub peer_closes: u64,
-    /// Handlers completed (any outcome) and timed.
+    /// Handlers that returned or timed out, and were timed (panics are counted apart).
     pub handled: u64,
 }
 

@@ -1,0 +1,475 @@
+//! Support for the loopback tests: a raw-bytes HAProxy stub and a server fixture.
+//!
+//! The stub speaks SPOP from HAProxy's side with nothing but the frame encoders and decoders
+//! of `spop_proto::frame` (never the agent state machine it is testing), over a real socket.
+//!
+//! Every wait is bounded: a single expected frame must arrive within [`STEP`], a whole test
+//! within [`TEST_LIMIT`] (see [`bounded`]). Conditions are polled, never guessed with a sleep.
+
+// Each test binary uses a different subset of these helpers, and `pub` items in a private
+// test module are "unreachable" by construction.
+#![allow(dead_code, unreachable_pub)]
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use spoa_runtime::{
+    BoxError, Handler, Listener, Metrics, Request, Server, ServerBuilder, handler_fn,
+};
+use spop_proto::frame::Frame;
+use spop_proto::frame::{FrameDecoder, FrameFlags, FrameHeader, HaproxyHello, encode_frame};
+use spop_proto::{Actions, FrameType, Notify, NotifyId, Scope};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+/// The longest wait for any one expected event (a frame, EOF, a counter reaching a value).
+pub const STEP: Duration = Duration::from_secs(2);
+/// The longest a whole test may take.
+pub const TEST_LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs a test body under [`TEST_LIMIT`].
+pub async fn bounded<F: Future>(body: F) -> F::Output {
+    tokio::time::timeout(TEST_LIMIT, body)
+        .await
+        .expect("test exceeded its time limit")
+}
+
+/// Polls `cond` every 2 ms until it holds; panics after [`STEP`].
+pub async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + STEP;
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// `RUST_LOG=spoa_runtime=debug cargo test ...` shows the runtime's logs.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+// ---- frames as the stub sees them ---------------------------------------------------------
+
+/// The payload of a frame received from the agent, decoded into owned values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    /// AGENT-HELLO.
+    AgentHello {
+        version: Option<String>,
+        max_frame_size: Option<u64>,
+        capabilities: Option<String>,
+    },
+    /// ACK, its actions rendered with `Display` (`set-var txn.x = int64:1`).
+    Ack(Vec<String>),
+    /// AGENT-DISCONNECT.
+    Disconnect {
+        status: Option<u64>,
+        message: String,
+    },
+    /// Anything else (the agent should never send it).
+    Other(String),
+}
+
+/// One frame received from the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    pub header: FrameHeader,
+    pub reply: Reply,
+}
+
+impl Received {
+    /// The ACK's id and actions; panics on any other frame.
+    #[track_caller]
+    pub fn into_ack(self) -> (NotifyId, Vec<String>) {
+        match self.reply {
+            Reply::Ack(actions) => {
+                assert_eq!(self.header.flags, FrameFlags::FIN, "ACK flags");
+                (self.header.id(), actions)
+            }
+            other => panic!("expected an ACK, got {other:?}"),
+        }
+    }
+
+    /// The AGENT-DISCONNECT status code; panics on any other frame.
+    #[track_caller]
+    pub fn into_disconnect_status(self) -> u64 {
+        match self.reply {
+            Reply::Disconnect { status, .. } => status.expect("AGENT-DISCONNECT without status"),
+            other => panic!("expected an AGENT-DISCONNECT, got {other:?}"),
+        }
+    }
+}
+
+fn lossy(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+fn decode_reply(header: &FrameHeader, payload: &[u8]) -> Reply {
+    match Frame::parse(header, payload) {
+        Ok(Frame::AgentHello(h)) => Reply::AgentHello {
+            version: h.version.map(lossy),
+            max_frame_size: h.max_frame_size,
+            capabilities: h.capabilities.map(lossy),
+        },
+        Ok(Frame::Ack(list)) => Reply::Ack(list.iter().map(|a| a.to_string()).collect()),
+        Ok(Frame::AgentDisconnect(d)) => Reply::Disconnect {
+            status: d.status_code,
+            message: d.message.map(lossy).unwrap_or_default(),
+        },
+        Ok(other) => Reply::Other(format!("{other:?}")),
+        Err(e) => panic!(
+            "the agent sent an undecodable {:?} frame: {e}",
+            header.frame_type
+        ),
+    }
+}
+
+// ---- the stub ----------------------------------------------------------------------------
+
+/// HAProxy's side of one connection, over any byte stream.
+pub struct Stub<S> {
+    io: S,
+    rbuf: BytesMut,
+    decoder: FrameDecoder,
+}
+
+impl Stub<TcpStream> {
+    /// Connects over TCP.
+    pub async fn connect(addr: SocketAddr) -> Self {
+        let io = tokio::time::timeout(STEP, TcpStream::connect(addr))
+            .await
+            .expect("connect timed out")
+            .expect("connect failed");
+        io.set_nodelay(true).expect("TCP_NODELAY");
+        Self::new(io)
+    }
+
+    /// The stub's own address, as the agent sees the peer.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.io.local_addr().expect("local_addr")
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Stub<S> {
+    /// Wraps a connected stream.
+    pub fn new(io: S) -> Self {
+        Self {
+            io,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            // larger than anything the agent may send: the agent's limits are what is tested
+            decoder: FrameDecoder::new(1 << 20),
+        }
+    }
+
+    /// Writes raw bytes in one `write_all`.
+    pub async fn send_raw(&mut self, bytes: &[u8]) {
+        tokio::time::timeout(STEP, self.io.write_all(bytes))
+            .await
+            .expect("write timed out")
+            .expect("write failed");
+    }
+
+    /// Sends a HAPROXY-HELLO.
+    pub async fn send_hello_frame(&mut self, hello: &HaproxyHello<'_>) {
+        let mut buf = BytesMut::new();
+        hello.encode(&mut buf);
+        self.send_raw(&buf).await;
+    }
+
+    /// Sends HAProxy's usual HELLO: version 2.0, 16380 bytes, pipelining.
+    pub async fn send_hello(&mut self) {
+        self.send_hello_frame(&HaproxyHello::new(16380, "pipelining"))
+            .await;
+    }
+
+    /// Sends the HELLO and checks the AGENT-HELLO of a default agent.
+    pub async fn handshake(&mut self) {
+        self.send_hello().await;
+        let hello = self.recv().await;
+        assert_eq!(hello.header.frame_type, FrameType::AGENT_HELLO);
+        assert_eq!(
+            hello.reply,
+            Reply::AgentHello {
+                version: Some("2.0".into()),
+                max_frame_size: Some(16380),
+                capabilities: Some("pipelining".into()),
+            }
+        );
+    }
+
+    /// Sends NOTIFY frames, all in one write.
+    pub async fn send_notifies(&mut self, notifies: &[Notify]) {
+        let mut buf = BytesMut::new();
+        for n in notifies {
+            n.encode(&mut buf);
+        }
+        self.send_raw(&buf).await;
+    }
+
+    /// Sends one NOTIFY.
+    pub async fn send_notify(&mut self, notify: &Notify) {
+        self.send_notifies(std::slice::from_ref(notify)).await;
+    }
+
+    /// Sends a frame of an arbitrary type with flags FIN and ids 0/0.
+    pub async fn send_frame(&mut self, frame_type: FrameType, payload: &[u8]) {
+        let mut buf = BytesMut::new();
+        encode_frame(
+            &mut buf,
+            FrameHeader::new(frame_type, FrameFlags::FIN, 0, 0),
+            |b| b.extend_from_slice(payload),
+        );
+        self.send_raw(&buf).await;
+    }
+
+    /// One `read` from the socket into the receive buffer; returns the bytes read (0 at EOF).
+    pub async fn read_once(&mut self) -> usize {
+        tokio::time::timeout(STEP, self.io.read_buf(&mut self.rbuf))
+            .await
+            .expect("read timed out")
+            .expect("read failed")
+    }
+
+    /// The bytes received and not yet decoded.
+    pub fn buffered(&self) -> &[u8] {
+        &self.rbuf
+    }
+
+    /// The next frame, or `None` at a clean EOF. No timeout; cancel-safe.
+    pub async fn try_recv(&mut self) -> io::Result<Option<Received>> {
+        loop {
+            match self.decoder.decode(&mut self.rbuf) {
+                Ok(Some(raw)) => {
+                    let reply = decode_reply(&raw.header, &raw.payload);
+                    return Ok(Some(Received {
+                        header: raw.header,
+                        reply,
+                    }));
+                }
+                Ok(None) => {}
+                Err(e) => panic!("the agent sent a bad frame: {e}"),
+            }
+            if self.io.read_buf(&mut self.rbuf).await? == 0 {
+                assert!(
+                    self.rbuf.is_empty(),
+                    "EOF inside a frame ({} bytes buffered)",
+                    self.rbuf.len()
+                );
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The next frame; panics on EOF, error, or nothing within [`STEP`].
+    #[track_caller]
+    pub fn recv(&mut self) -> impl Future<Output = Received> + '_ {
+        let caller = std::panic::Location::caller();
+        async move {
+            match tokio::time::timeout(STEP, self.try_recv()).await {
+                Ok(Ok(Some(frame))) => frame,
+                Ok(Ok(None)) => panic!("{caller}: EOF while waiting for a frame"),
+                Ok(Err(e)) => panic!("{caller}: read failed while waiting for a frame: {e}"),
+                Err(_) => panic!("{caller}: no frame within {STEP:?}"),
+            }
+        }
+    }
+
+    /// The next frame if one arrives within `wait`; `None` if none does.
+    pub async fn recv_within(&mut self, wait: Duration) -> Option<Received> {
+        match tokio::time::timeout(wait, self.try_recv()).await {
+            Ok(Ok(Some(frame))) => Some(frame),
+            Ok(Ok(None)) => panic!("EOF while waiting for a frame"),
+            Ok(Err(e)) => panic!("read failed: {e}"),
+            Err(_) => None,
+        }
+    }
+
+    /// The next ACK's id and actions.
+    pub async fn recv_ack(&mut self) -> (NotifyId, Vec<String>) {
+        self.recv().await.into_ack()
+    }
+
+    /// Asserts that the agent closed the connection cleanly (read returns 0, no reset, no
+    /// leftover bytes) within [`STEP`].
+    pub async fn expect_eof(&mut self) {
+        match tokio::time::timeout(STEP, self.try_recv()).await {
+            Ok(Ok(None)) => {}
+            Ok(Ok(Some(frame))) => panic!("expected EOF, got {frame:?}"),
+            Ok(Err(e)) => panic!("expected a clean EOF, got {e}"),
+            Err(_) => panic!("the agent did not close within {STEP:?}"),
+        }
+    }
+
+    /// Sends one NOTIFY of [`notify_i`] and expects its ACK setting `txn.i`.
+    pub async fn roundtrip(&mut self, stream_id: u64, frame_id: u64, i: i64) {
+        let id = NotifyId::new(stream_id, frame_id);
+        self.send_notify(&notify_i(id, i)).await;
+        assert_eq!(
+            self.recv_ack().await,
+            (id, vec![format!("set-var txn.i = int64:{i}")])
+        );
+    }
+}
+
+// ---- NOTIFYs and handlers ----------------------------------------------------------------
+
+/// A NOTIFY with message `m` carrying `i` (INT64, as HAProxy sends integer samples).
+pub fn notify_i(id: NotifyId, i: i64) -> Notify {
+    Notify::builder(id).message("m").arg("i", i).build()
+}
+
+/// A NOTIFY with message `m` carrying `i` and one more argument telling [`scripted`] what to do.
+pub fn notify_with(
+    id: NotifyId,
+    i: i64,
+    arg: &str,
+    value: impl Into<spop_proto::TypedData<'static>>,
+) -> Notify {
+    let value: spop_proto::TypedData<'static> = value.into();
+    Notify::builder(id)
+        .message("m")
+        .arg("i", i)
+        .arg(arg, value)
+        .build()
+}
+
+/// A handler driven by the NOTIFY's message `m`: optional `sleep_ms` (int), then `panic`,
+/// `fail` or `hang` (bool true) misbehave; otherwise it answers `set-var txn.i = <i>`, plus
+/// `set-var txn.big = "xxx…"` of `big` (int) bytes when asked.
+pub fn scripted() -> impl Handler {
+    handler_fn(|req: Request| async move {
+        let m = req.message("m").expect("message m");
+        let i = m.arg("i").and_then(|v| v.as_i64()).unwrap_or(-1);
+        let sleep_ms = m.arg("sleep_ms").and_then(|v| v.as_u64());
+        let flag = |name: &str| m.arg(name).and_then(|v| v.as_bool()) == Some(true);
+        let (panic, fail, hang) = (flag("panic"), flag("fail"), flag("hang"));
+        let big = m.arg("big").and_then(|v| v.as_u64()).map(|n| n as usize);
+        if let Some(ms) = sleep_ms {
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+        }
+        if hang {
+            std::future::pending::<()>().await;
+        }
+        assert!(!panic, "handler panicking on purpose (test)");
+        if fail {
+            return Err::<Actions, BoxError>("handler failing on purpose (test)".into());
+        }
+        let mut actions = Actions::new();
+        actions.set_var(Scope::Transaction, "i", i);
+        if let Some(n) = big {
+            actions.set_var(Scope::Transaction, "big", "x".repeat(n).as_str());
+        }
+        Ok(actions)
+    })
+}
+
+// ---- a running server --------------------------------------------------------------------
+
+/// A [`Server`] serving on a spawned task until [`stop`](Self::stop) (or drop, which aborts it).
+pub struct Running<A> {
+    /// Where it listens.
+    pub addr: A,
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Starts a server on 127.0.0.1, on a port of the kernel's choosing.
+pub async fn start<H: Handler>(builder: ServerBuilder, handler: H) -> Running<SocketAddr> {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("local_addr");
+    start_on(builder, listener, addr, handler)
+}
+
+/// Starts a server on any listener.
+pub fn start_on<L, H, A>(builder: ServerBuilder, listener: L, addr: A, handler: H) -> Running<A>
+where
+    L: Listener + 'static,
+    H: Handler,
+{
+    let server: Server = builder.build();
+    let metrics = server.metrics().clone();
+    let (tx, rx) = oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, handler, async {
+                let _ = rx.await;
+            })
+            .await;
+    });
+    Running {
+        addr,
+        metrics,
+        shutdown: Some(tx),
+        task: Some(task),
+    }
+}
+
+impl<A> Running<A> {
+    /// Completes the shutdown future given to `serve`.
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits (at most [`STEP`]) for `serve` to return.
+    pub async fn join(&mut self) {
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(STEP, task)
+                .await
+                .expect("serve did not return after shutdown")
+                .expect("serve panicked");
+        }
+    }
+
+    /// Graceful shutdown, then waits for `serve` to return.
+    pub async fn stop(mut self) {
+        self.trigger_shutdown();
+        self.join().await;
+    }
+}
+
+impl<A> Drop for Running<A> {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// A unique path for a Unix socket under the temporary directory, removed on drop.
+pub struct TempSocketPath(pub std::path::PathBuf);
+
+impl TempSocketPath {
+    pub fn new() -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let name = format!(
+            "spoa-rt-{}-{}-{nanos}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        );
+        Self(std::env::temp_dir().join(name))
+    }
+}
+
+impl Drop for TempSocketPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
