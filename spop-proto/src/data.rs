@@ -6,7 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use bytes::BufMut;
 
 use crate::error::DecodeError;
-use crate::parse::{self, PResult, fail};
+use crate::parse::{self, DResult};
 use crate::varint;
 
 /// The type nibble of a typed-data byte.
@@ -290,61 +290,105 @@ impl<'a> TypedData<'a> {
     /// assert_eq!(TypedData::decode(&[0x0a]), Err(DecodeError::UnknownDataType(0x0a)));
     /// ```
     pub fn decode(buf: &'a [u8]) -> Result<(Self, usize), DecodeError> {
-        let (rest, v) = parse::run(typed_data, buf)?;
+        let (rest, v) = decode_typed(buf)?;
         Ok((v, buf.len() - rest.len()))
     }
 }
 
-/// nom parser for one typed value.
-pub(crate) fn typed_data(i: &[u8]) -> PResult<'_, TypedData<'_>> {
-    let (i, tb) = parse::byte("data type")(i)?;
+/// Decodes one typed value.
+#[inline(always)]
+pub(crate) fn decode_typed(i: &[u8]) -> DResult<'_, TypedData<'_>> {
+    let (i, tb) = parse::p_byte(i, "data type")?;
     let Some(ty) = DataType::from_byte(tb) else {
-        return fail(DecodeError::UnknownDataType(tb));
+        return Err(DecodeError::UnknownDataType(tb));
     };
     match ty {
         DataType::Null => Ok((i, TypedData::Null)),
         DataType::Bool => Ok((i, TypedData::Bool(tb & 0xF0 == 0x10))),
         DataType::Int32 => {
-            let (i, v) = parse::varint(i)?;
+            let (i, v) = parse::p_varint(i)?;
             match i32::try_from(v as i64) {
                 Ok(n) => Ok((i, TypedData::Int32(n))),
-                Err(_) => fail(DecodeError::IntegerOutOfRange(v)),
+                Err(_) => Err(DecodeError::IntegerOutOfRange(v)),
             }
         }
         DataType::Uint32 => {
-            let (i, v) = parse::varint(i)?;
+            let (i, v) = parse::p_varint(i)?;
             match u32::try_from(v) {
                 Ok(n) => Ok((i, TypedData::Uint32(n))),
-                Err(_) => fail(DecodeError::IntegerOutOfRange(v)),
+                Err(_) => Err(DecodeError::IntegerOutOfRange(v)),
             }
         }
         DataType::Int64 => {
-            let (i, v) = parse::varint(i)?;
+            let (i, v) = parse::p_varint(i)?;
             Ok((i, TypedData::Int64(v as i64)))
         }
         DataType::Uint64 => {
-            let (i, v) = parse::varint(i)?;
+            let (i, v) = parse::p_varint(i)?;
             Ok((i, TypedData::Uint64(v)))
         }
         DataType::Ipv4 => {
-            let (i, b) = parse::bytes(4, "ipv4 address")(i)?;
-            let octets: [u8; 4] = [b[0], b[1], b[2], b[3]];
-            Ok((i, TypedData::Ipv4(Ipv4Addr::from(octets))))
+            let (i, b) = parse::p_array::<4>(i, "ipv4 address")?;
+            Ok((i, TypedData::Ipv4(Ipv4Addr::from(b))))
         }
         DataType::Ipv6 => {
-            let (i, b) = parse::bytes(16, "ipv6 address")(i)?;
-            let mut octets = [0u8; 16];
-            octets.copy_from_slice(b);
-            Ok((i, TypedData::Ipv6(Ipv6Addr::from(octets))))
+            let (i, b) = parse::p_array::<16>(i, "ipv6 address")?;
+            Ok((i, TypedData::Ipv6(Ipv6Addr::from(b))))
         }
         DataType::String => {
-            let (i, b) = parse::raw_str("string value")(i)?;
+            let (i, b) = parse::p_raw_str(i, "string value")?;
             Ok((i, TypedData::String(b)))
         }
         DataType::Binary => {
-            let (i, b) = parse::raw_str("binary value")(i)?;
+            let (i, b) = parse::p_raw_str(i, "binary value")?;
             Ok((i, TypedData::Binary(b)))
         }
+    }
+}
+
+/// Validates one typed value like [`decode_typed`] (same errors, same length) without
+/// building it; returns what follows it.
+#[inline]
+pub(crate) fn check_typed(i: &[u8]) -> Result<&[u8], DecodeError> {
+    let (i, tb) = parse::p_byte(i, "data type")?;
+    match tb & 0x0F {
+        0 | 1 => Ok(i),
+        2 => {
+            let (i, v) = parse::p_varint(i)?;
+            match i32::try_from(v as i64) {
+                Ok(_) => Ok(i),
+                Err(_) => Err(DecodeError::IntegerOutOfRange(v)),
+            }
+        }
+        3 => {
+            let (i, v) = parse::p_varint(i)?;
+            match u32::try_from(v) {
+                Ok(_) => Ok(i),
+                Err(_) => Err(DecodeError::IntegerOutOfRange(v)),
+            }
+        }
+        4 | 5 => Ok(parse::p_varint(i)?.0),
+        6 => Ok(parse::p_array::<4>(i, "ipv4 address")?.0),
+        7 => Ok(parse::p_array::<16>(i, "ipv6 address")?.0),
+        8 => Ok(parse::p_raw_str(i, "string value")?.0),
+        9 => Ok(parse::p_raw_str(i, "binary value")?.0),
+        _ => Err(DecodeError::UnknownDataType(tb)),
+    }
+}
+
+/// Steps over one typed value already validated by [`check_typed`] (no range checks);
+/// `None` where [`decode_typed`] would fail for any other reason (truncation, bad varint,
+/// unknown type).
+#[inline]
+pub(crate) fn skip_typed(i: &[u8]) -> Option<&[u8]> {
+    let (&tb, i) = i.split_first()?;
+    match tb & 0x0F {
+        0 | 1 => Some(i),
+        2..=5 => parse::p_varint(i).ok().map(|(i, _)| i),
+        6 => i.get(4..),
+        7 => i.get(16..),
+        8 | 9 => parse::p_raw_str(i, "").ok().map(|(i, _)| i),
+        _ => None,
     }
 }
 
@@ -497,7 +541,7 @@ impl<'a> Iterator for KvList<'a> {
         if self.rest.is_empty() || self.failed {
             return None;
         }
-        let res = parse::run(kv_pair, self.rest);
+        let res = kv_pair(self.rest);
         match res {
             Ok((rest, pair)) => {
                 self.rest = rest;
@@ -511,12 +555,13 @@ impl<'a> Iterator for KvList<'a> {
     }
 }
 
-fn kv_pair(i: &[u8]) -> PResult<'_, (&str, TypedData<'_>)> {
-    let (i, key) = parse::name("KV key")(i)?;
+#[inline]
+fn kv_pair(i: &[u8]) -> DResult<'_, (&str, TypedData<'_>)> {
+    let (i, key) = parse::p_name(i, "KV key")?;
     if key.is_empty() {
-        return fail(DecodeError::EmptyKey);
+        return Err(DecodeError::EmptyKey);
     }
-    let (i, value) = typed_data(i)?;
+    let (i, value) = decode_typed(i)?;
     Ok((i, (key, value)))
 }
 
@@ -605,6 +650,55 @@ mod tests {
                 TypedData::decode(&[t | 0x30]),
                 Err(DecodeError::UnknownDataType(t | 0x30))
             );
+        }
+    }
+
+    #[test]
+    fn check_and_skip_agree_with_decode() {
+        let mut inputs: Vec<Vec<u8>> = vec![
+            vec![],
+            vec![0x02, 0xff, 0xf0, 0xfe, 0xfe, 0x7e],
+            vec![0x03, 0xf0, 0x80, 0x80, 0x80, 0x80, 0x00],
+            vec![0x04, 0xf0],
+            vec![
+                0x04, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+            ],
+            vec![0x06, 1, 2],
+            vec![0x07, 1],
+            vec![0x08, 3, b'a'],
+            vec![0x09],
+            vec![0x19, 0xf0],
+        ];
+        for t in 0..=255u8 {
+            inputs.push(vec![
+                t, 4, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16,
+            ]);
+            inputs.push(vec![t]);
+        }
+        for v in [
+            TypedData::Null,
+            TypedData::Bool(true),
+            TypedData::Int32(-7),
+            TypedData::Uint32(u32::MAX),
+            TypedData::Int64(i64::MIN),
+            TypedData::Uint64(u64::MAX),
+            TypedData::Ipv4(Ipv4Addr::LOCALHOST),
+            TypedData::Ipv6(Ipv6Addr::LOCALHOST),
+            TypedData::String(b"value"),
+            TypedData::Binary(&[0; 300]),
+        ] {
+            let mut b = Vec::new();
+            v.encode(&mut b);
+            assert_eq!(b.len(), v.encoded_len());
+            b.push(0xaa);
+            inputs.push(b);
+        }
+        for input in &inputs {
+            let decoded = decode_typed(input).map(|(rest, _)| rest);
+            assert_eq!(check_typed(input), decoded, "{input:02x?}");
+            if let Ok(rest) = decoded {
+                assert_eq!(skip_typed(input), Some(rest), "{input:02x?}");
+            }
         }
     }
 

@@ -68,7 +68,13 @@ pub fn decode(buf: &[u8]) -> Result<(u64, usize), DecodeError> {
 /// assert_eq!(buf.len(), 10);
 /// ```
 #[inline]
+#[allow(clippy::cast_possible_truncation)] // below 240
 pub fn put<B: BufMut + ?Sized>(dst: &mut B, value: u64) {
+    if value < 240 {
+        // the common case (lengths, ids, small integers): one byte, no copy of a scratch array
+        dst.put_u8(value as u8);
+        return;
+    }
     let (bytes, len) = encode(value);
     dst.put_slice(&bytes[..len]);
 }

@@ -363,7 +363,7 @@ impl Drop for EchoAgent {
     }
 }
 
-/// A `spoa_runtime::Server` serving 127.0.0.1:<kernel port> on its own two-worker tokio
+/// A `spoa_runtime::Server` serving `127.0.0.1:<kernel port>` on its own two-worker tokio
 /// runtime (a dedicated thread); shut down gracefully on drop.
 #[derive(Debug)]
 pub struct InProcessAgent {

@@ -5,10 +5,11 @@ use std::fmt;
 use bytes::{BufMut, BytesMut};
 
 use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
-use crate::data::{TypedData, put_raw_str, typed_data};
+use crate::data::{TypedData, decode_typed, put_raw_str};
 use crate::error::DecodeError;
-use crate::parse::{self, PResult, fail};
+use crate::parse::{self, DResult};
 use crate::status::FrameType;
+use crate::varint;
 
 /// The scope of a variable: HAProxy sets `<scope>.<var-prefix>.<name>`.
 ///
@@ -82,6 +83,9 @@ impl std::str::FromStr for Scope {
     }
 }
 
+/// The smallest allocation of an [`Actions`] buffer (room for two or three typical actions).
+const MIN_ALLOC: usize = 96;
+
 const SET_VAR: u8 = 1;
 const UNSET_VAR: u8 = 2;
 
@@ -116,29 +120,30 @@ impl fmt::Display for Action<'_> {
     }
 }
 
-fn action(i: &[u8]) -> PResult<'_, Action<'_>> {
-    let (i, code) = parse::byte("action type")(i)?;
-    let (i, nb_args) = parse::byte("action nb-args")(i)?;
+#[inline]
+fn action(i: &[u8]) -> DResult<'_, Action<'_>> {
+    let (i, code) = parse::p_byte(i, "action type")?;
+    let (i, nb_args) = parse::p_byte(i, "action nb-args")?;
     let expected = match code {
         SET_VAR => 3,
         UNSET_VAR => 2,
-        other => return fail(DecodeError::UnknownAction(other)),
+        other => return Err(DecodeError::UnknownAction(other)),
     };
     if nb_args != expected {
-        return fail(DecodeError::BadActionArgs {
+        return Err(DecodeError::BadActionArgs {
             action: code,
             nb_args,
         });
     }
-    let (i, sb) = parse::byte("action scope")(i)?;
+    let (i, sb) = parse::p_byte(i, "action scope")?;
     let Some(scope) = Scope::from_byte(sb) else {
-        return fail(DecodeError::UnknownScope(sb));
+        return Err(DecodeError::UnknownScope(sb));
     };
-    let (i, name) = parse::name("variable name")(i)?;
+    let (i, name) = parse::p_name(i, "variable name")?;
     if code == UNSET_VAR {
         return Ok((i, Action::UnsetVar { scope, name }));
     }
-    let (i, value) = typed_data(i)?;
+    let (i, value) = decode_typed(i)?;
     Ok((i, Action::SetVar { scope, name, value }))
 }
 
@@ -163,7 +168,7 @@ impl<'a> ActionList<'a> {
     pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
         let mut rest = payload;
         while !rest.is_empty() {
-            rest = parse::run(action, rest)?.0;
+            rest = action(rest)?.0;
         }
         Ok(Self { payload })
     }
@@ -241,19 +246,39 @@ impl Actions {
         name: &str,
         value: impl Into<TypedData<'v>>,
     ) -> &mut Self {
+        let value = value.into();
+        // an upper bound on the action's encoded length: at most one growth per action
+        self.reserve(
+            3 + 2 * varint::MAX_LEN + 1 + name.len() + value.as_bytes().map_or(16, <[u8]>::len),
+        );
         self.buf.put_slice(&[SET_VAR, 3, scope as u8]);
         put_raw_str(&mut self.buf, name.as_bytes());
-        value.into().encode(&mut self.buf);
+        value.encode(&mut self.buf);
         self.count += 1;
         self
     }
 
     /// Adds an unset-var action.
     pub fn unset_var(&mut self, scope: Scope, name: &str) -> &mut Self {
+        self.reserve(3 + varint::MAX_LEN + name.len());
         self.buf.put_slice(&[UNSET_VAR, 2, scope as u8]);
         put_raw_str(&mut self.buf, name.as_bytes());
         self.count += 1;
         self
+    }
+
+    /// Makes room for `additional` bytes; the first allocation holds a few typical actions.
+    #[inline]
+    fn reserve(&mut self, additional: usize) {
+        if self.buf.capacity() - self.buf.len() < additional {
+            self.grow(additional);
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self, additional: usize) {
+        self.buf.reserve(additional.max(MIN_ALLOC));
     }
 
     /// The number of actions.
@@ -285,8 +310,8 @@ impl Actions {
     /// The length of the ACK frame carrying these actions for `id` (without the 4-byte prefix).
     pub fn frame_len(&self, id: NotifyId) -> usize {
         1 + 4
-            + crate::varint::encoded_len(id.stream_id)
-            + crate::varint::encoded_len(id.frame_id)
+            + varint::encoded_len(id.stream_id)
+            + varint::encoded_len(id.frame_id)
             + self.buf.len()
     }
 

@@ -1,9 +1,11 @@
 //! Splitting whole frames off a byte stream.
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 
-use super::{FrameHeader, MIN_FRAME_LEN, RawFrame};
+use super::{FrameFlags, FrameHeader, MIN_FRAME_LEN, RawFrame};
 use crate::error::DecodeError;
+use crate::parse;
+use crate::status::FrameType;
 
 /// A frame split off a byte slice: its header, its payload, and the bytes it took
 /// (length prefix included).
@@ -37,8 +39,24 @@ pub fn split_frame(buf: &[u8], max_frame_size: u32) -> Result<Option<SplitFrame<
         return Ok(None);
     }
     let frame = &buf[4..total];
-    let (header, hdr_len) = FrameHeader::decode(frame)?;
+    let (header, hdr_len) = decode_header(frame)?;
     Ok(Some((header, &frame[hdr_len..], total)))
+}
+
+/// [`FrameHeader::decode`] on the hot path: the same checks and errors, inlined.
+#[inline(always)]
+fn decode_header(frame: &[u8]) -> Result<(FrameHeader, usize), DecodeError> {
+    let (i, t) = parse::p_byte(frame, "frame header")?;
+    let (i, flags) = parse::p_array::<4>(i, "frame header")?;
+    let (i, sid) = parse::p_varint(i)?;
+    let (i, fid) = parse::p_varint(i)?;
+    let header = FrameHeader::new(
+        FrameType(t),
+        FrameFlags(u32::from_be_bytes(flags)),
+        sid,
+        fid,
+    );
+    Ok((header, frame.len() - i.len()))
 }
 
 /// Reads and checks the length prefix; `None` if fewer than 4 bytes are buffered.
@@ -110,13 +128,26 @@ impl FrameDecoder {
             src.reserve(4 + len - src.len());
             return Ok(None);
         }
-        src.advance(4);
-        let frame = src.split_to(len).freeze();
-        let (header, hdr_len) = FrameHeader::decode(&frame)?;
-        Ok(Some(RawFrame {
-            header,
-            payload: frame.slice(hdr_len..),
-        }))
+        // The header is decoded in place, so the payload needs a single new handle on the read
+        // buffer (one reference-count update; splitting the frame, slicing it and dropping the
+        // frame took three).
+        let (header, hdr_len) = match decode_header(&src[4..4 + len]) {
+            Ok(h) => h,
+            Err(e) => {
+                src.advance(4 + len);
+                return Err(e);
+            }
+        };
+        let payload = if hdr_len == len {
+            // as before: an empty payload holds no reference to the read buffer
+            src.advance(4 + len);
+            Bytes::new()
+        } else {
+            let mut frame = src.split_to(4 + len).freeze();
+            frame.advance(4 + hdr_len);
+            frame
+        };
+        Ok(Some(RawFrame { header, payload }))
     }
 }
 

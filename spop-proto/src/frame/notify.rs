@@ -3,9 +3,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
-use crate::data::{TypedData, put_raw_str, typed_data};
+use crate::data::{TypedData, check_typed, decode_typed, put_raw_str, skip_typed};
 use crate::error::DecodeError;
-use crate::parse::{self, PResult};
+use crate::parse::{self, DResult};
 use crate::status::FrameType;
 
 /// One argument of a message. Names may be empty (unnamed `args`) or repeated.
@@ -61,7 +61,17 @@ impl<'a> Message<'a> {
     /// assert_eq!(m.arg("b"), None);
     /// ```
     pub fn arg(&self, name: &str) -> Option<TypedData<'a>> {
-        self.args().find(|a| a.name == name).map(|a| a.value)
+        // Same result as `self.args().find(|a| a.name == name)` on the validated region, but
+        // names are compared as bytes and only the matching value is decoded.
+        let mut rest = self.args;
+        for _ in 0..self.nb_args {
+            let (i, raw) = parse::p_raw_str(rest, "argument name").ok()?;
+            if raw == name.as_bytes() {
+                return decode_typed(i).ok().map(|(_, v)| v);
+            }
+            rest = skip_typed(i)?;
+        }
+        None
     }
 
     /// The value of the argument at `index`.
@@ -99,23 +109,45 @@ impl<'a> Iterator for Args<'a> {
 
 impl ExactSizeIterator for Args<'_> {}
 
-#[inline]
-fn arg(i: &[u8]) -> PResult<'_, Arg<'_>> {
-    let (i, name) = parse::name("argument name")(i)?;
-    let (i, value) = typed_data(i)?;
+#[inline(always)]
+fn arg(i: &[u8]) -> DResult<'_, Arg<'_>> {
+    let (i, name) = parse::p_name(i, "argument name")?;
+    let (i, value) = decode_typed(i)?;
     Ok((i, Arg { name, value }))
 }
 
-#[inline]
-fn message(input: &[u8]) -> PResult<'_, Message<'_>> {
-    let (i, name) = parse::name("message name")(input)?;
-    let (start, nb_args) = parse::byte("message nb-args")(i)?;
-    let mut i = start;
+/// Validates one message (every name and value); returns what follows it.
+#[inline(always)]
+fn check_message(input: &[u8]) -> Result<&[u8], DecodeError> {
+    let i = parse::p_check_name(input, "message name")?;
+    let (mut i, nb_args) = parse::p_byte(i, "message nb-args")?;
     for _ in 0..nb_args {
-        i = arg(i)?.0;
+        i = parse::p_check_name(i, "argument name")?;
+        i = check_typed(i)?;
     }
+    Ok(i)
+}
+
+/// Steps over the arguments of a message of an already validated payload; returns what
+/// follows them. `None` where [`check_message`] would have failed for want of bytes.
+#[inline(always)]
+fn skip_args(mut i: &[u8], nb_args: u8) -> Option<&[u8]> {
+    for _ in 0..nb_args {
+        let (rest, _) = parse::p_raw_str(i, "argument name").ok()?;
+        i = skip_typed(rest)?;
+    }
+    Some(i)
+}
+
+/// One message of an already validated payload: its name is checked (it is handed out as a
+/// `&str`), its arguments are only stepped over (they were validated by [`check_message`]).
+#[inline(always)]
+fn next_message(input: &[u8]) -> Option<(&[u8], Message<'_>)> {
+    let (i, name) = parse::p_name(input, "message name").ok()?;
+    let (start, nb_args) = parse::p_byte(i, "message nb-args").ok()?;
+    let i = skip_args(start, nb_args)?;
     let args = &start[..start.len() - i.len()];
-    Ok((
+    Some((
         i,
         Message {
             name,
@@ -144,7 +176,7 @@ impl<'a> MessageList<'a> {
     pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
         let mut rest = payload;
         while !rest.is_empty() {
-            rest = parse::run(message, rest)?.0;
+            rest = check_message(rest)?;
         }
         Ok(Self { payload })
     }
@@ -182,12 +214,13 @@ impl<'a> Iterator for Messages<'a> {
         if self.rest.is_empty() {
             return None;
         }
-        match message(self.rest) {
-            Ok((rest, m)) => {
+        // The payload was validated when the NOTIFY was parsed (or built by `NotifyBuilder`).
+        match next_message(self.rest) {
+            Some((rest, m)) => {
                 self.rest = rest;
                 Some(m)
             }
-            Err(_) => {
+            None => {
                 self.rest = &[];
                 None
             }
@@ -246,7 +279,18 @@ impl Notify {
 
     /// The first message with this name.
     pub fn message(&self, name: &str) -> Option<Message<'_>> {
-        self.messages().find(|m| m.name == name)
+        // Same result as `self.messages().find(|m| m.name == name)` on the validated payload,
+        // but names are compared as bytes and other messages' arguments only stepped over.
+        let mut rest: &[u8] = &self.payload;
+        while !rest.is_empty() {
+            let (i, raw) = parse::p_raw_str(rest, "message name").ok()?;
+            if raw == name.as_bytes() {
+                return next_message(rest).map(|(_, m)| m);
+            }
+            let (i, nb_args) = parse::p_byte(i, "message nb-args").ok()?;
+            rest = skip_args(i, nb_args)?;
+        }
+        None
     }
 
     /// The raw payload.
