@@ -162,10 +162,7 @@ impl<'a> HaproxyHello<'a> {
                 KvList::put(b, "supported-versions", TypedData::String(v));
             }
             if let Some(v) = self.max_frame_size {
-                match u32::try_from(v) {
-                    Ok(v) => KvList::put(b, "max-frame-size", TypedData::Uint32(v)),
-                    Err(_) => KvList::put(b, "max-frame-size", TypedData::Uint64(v)),
-                }
+                put_frame_size(b, v);
             }
             if let Some(v) = self.capabilities {
                 KvList::put(b, "capabilities", TypedData::String(v));
@@ -263,15 +260,20 @@ impl<'a> AgentHello<'a> {
                 KvList::put(b, "version", TypedData::String(v));
             }
             if let Some(v) = self.max_frame_size {
-                match u32::try_from(v) {
-                    Ok(v) => KvList::put(b, "max-frame-size", TypedData::Uint32(v)),
-                    Err(_) => KvList::put(b, "max-frame-size", TypedData::Uint64(v)),
-                }
+                put_frame_size(b, v);
             }
             if let Some(v) = self.capabilities {
                 KvList::put(b, "capabilities", TypedData::String(v));
             }
         });
+    }
+}
+
+/// `max-frame-size` as UINT32 (what HAProxy sends and expects), UINT64 only if it must.
+fn put_frame_size(b: &mut BytesMut, v: u64) {
+    match u32::try_from(v) {
+        Ok(v) => KvList::put(b, "max-frame-size", TypedData::Uint32(v)),
+        Err(_) => KvList::put(b, "max-frame-size", TypedData::Uint64(v)),
     }
 }
 
