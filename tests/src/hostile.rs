@@ -1,10 +1,9 @@
 //! Support for the hostile-peer tests: `tests/hostile_matrix.rs` (malformed input against a
 //! running agent) and `tests/flood.rs` (connection, pipelining and handler floods).
 //!
-//! - [`spoa_binary`] builds the `spoa` CLI the way [`crate::interop::agent_binary`] builds the
-//!   example agent: `$CARGO build -p spoa-cli --bin spoa` into the test's own target dir.
-//! - [`EchoAgent`] runs `spoa echo` as a child process with a raised fd limit and reads its
-//!   RSS and open fds from `/proc`; killed on drop.
+//! - [`EchoAgent`] runs `spoa echo` ([`spoa_binary`]) as a child process
+//!   ([`AgentProcess::spawn`]) with a raised fd limit and reads its RSS and open fds from
+//!   `/proc`; killed on drop.
 //! - [`InProcessAgent`] runs a `spoa_runtime::Server` on its own tokio runtime thread; its
 //!   metrics and live task count are at hand; stopped on drop.
 //! - [`Peer`] plays HAProxy's side of one connection over a blocking socket; every read and
@@ -15,12 +14,11 @@
 //! Everything listens on and connects to 127.0.0.1 only.
 
 use std::fmt;
-use std::fs::{self, File};
-use std::io::{self, BufRead, BufReader, Read, Write};
+use std::fs;
+use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, mpsc};
+use std::process::Command;
+use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -29,14 +27,10 @@ use spoa_runtime::{Handler, MetricsSnapshot, ServerBuilder};
 use spop_proto::frame::{Frame, FrameDecoder, FrameFlags, FrameHeader, HaproxyHello, encode_frame};
 use spop_proto::{FrameType, Notify, NotifyId};
 
-use crate::interop::{TempDir, workspace_root};
+use crate::interop::{AgentProcess, poll_every, spoa_binary};
 
 /// The longest wait for any one expected event (a frame, EOF, a process state).
 pub const STEP: Duration = Duration::from_secs(2);
-/// Startup bound for an agent process.
-pub const START_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bound for building the `spoa` binary.
-const BUILD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// The fd limit asked for in [`raised_nofile`] children.
 pub const NOFILE_WANTED: u64 = 65_536;
 
@@ -48,105 +42,6 @@ const RAISE_NOFILE_AND_EXEC: &str =
 // ---------------------------------------------------------------------------------------------
 // Building and running processes
 // ---------------------------------------------------------------------------------------------
-
-/// Path of the `spoa` CLI binary, built if needed (once per process).
-///
-/// Under cargo (`CARGO` is set for tests) this runs `$CARGO build -p spoa-cli --bin spoa` into
-/// the test's own target dir and profile, so `cargo test -p spop-tests` never runs a stale
-/// agent. Without cargo, the binary next to the test executable is used.
-pub fn spoa_binary() -> PathBuf {
-    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
-    BIN.get_or_init(find_or_build_spoa)
-        .clone()
-        .unwrap_or_else(|msg| panic!("{msg}"))
-}
-
-fn find_or_build_spoa() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
-    // <target-dir>/[<triple>/]<profile-dir>/deps/<test>-<hash>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .ok_or_else(|| format!("unexpected test executable path {}", exe.display()))?;
-    let beside = profile_dir.join("spoa");
-    let Some(cargo) = std::env::var_os("CARGO") else {
-        return if beside.exists() {
-            Ok(beside)
-        } else {
-            Err(format!(
-                "the spoa binary {} is missing and CARGO is not set to build it; run \
-                 `cargo build -p spoa-cli --bin spoa`",
-                beside.display()
-            ))
-        };
-    };
-    let profile_name = profile_dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("debug");
-    let profile = match profile_name {
-        "debug" => "dev",
-        other => other,
-    };
-    // The target dir is the ancestor cargo tagged with CACHEDIR.TAG (skips a <triple>/ level).
-    let target_dir = profile_dir
-        .ancestors()
-        .skip(1)
-        .find(|d| d.join("CACHEDIR.TAG").exists())
-        .unwrap_or_else(|| profile_dir.parent().unwrap_or(profile_dir));
-    let built = target_dir.join(profile_name).join("spoa");
-
-    let dir = TempDir::new("build-spoa");
-    let out_path = dir.path().join("output");
-    let out = File::create(&out_path).map_err(|e| format!("create {}: {e}", out_path.display()))?;
-    let err = out.try_clone().map_err(|e| format!("dup: {e}"))?;
-    let mut cmd = Command::new(&cargo);
-    cmd.args(["build", "--quiet", "-p", "spoa-cli", "--bin", "spoa"])
-        .arg("--profile")
-        .arg(profile)
-        .arg("--target-dir")
-        .arg(target_dir)
-        .current_dir(workspace_root())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err);
-    let mut child = cmd.spawn().map_err(|e| format!("spawn {cmd:?}: {e}"))?;
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.try_wait().map_err(|e| format!("wait: {e}"))? {
-            break status;
-        }
-        if start.elapsed() > BUILD_TIMEOUT {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(format!(
-                "{cmd:?} did not finish within {BUILD_TIMEOUT:?}:\n{}",
-                read_lossy(&out_path)
-            ));
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    if !status.success() {
-        return Err(format!(
-            "building spoa failed ({status}): {cmd:?}\n{}",
-            read_lossy(&out_path)
-        ));
-    }
-    if built.exists() {
-        Ok(built)
-    } else {
-        Err(format!(
-            "{cmd:?} succeeded but {} does not exist",
-            built.display()
-        ))
-    }
-}
-
-fn read_lossy(path: &Path) -> String {
-    fs::read(path)
-        .map(|b| String::from_utf8_lossy(&b).into_owned())
-        .unwrap_or_default()
-}
 
 /// A command running `program` under `sh -c` with the soft fd limit raised to
 /// [`NOFILE_WANTED`] (or to the hard limit when that is lower). Add arguments with `.arg()`.
@@ -192,63 +87,14 @@ pub fn nofile_soft_limit(pid: Option<u32>) -> Option<u64> {
 }
 
 /// Calls `probe` every 10 ms until it returns `Some`, for at most `timeout`.
-pub fn poll_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe() {
-            return Some(v);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// Copies lines from `r` into `log`; sends the address of a "listening on <addr>" line.
-fn pump(
-    r: impl Read + Send + 'static,
-    log: Arc<Mutex<String>>,
-    listening: Option<mpsc::Sender<SocketAddr>>,
-) -> JoinHandle<()> {
-    thread::spawn(move || {
-        let mut r = BufReader::new(r);
-        let mut buf = Vec::new();
-        loop {
-            buf.clear();
-            match r.read_until(b'\n', &mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            }
-            let line = String::from_utf8_lossy(&buf);
-            let line = line.trim_end();
-            if let Some(tx) = &listening {
-                if let Some(Ok(addr)) = line
-                    .rsplit_once("listening on ")
-                    .map(|(_, a)| a.trim().parse())
-                {
-                    let _ = tx.send(addr);
-                }
-            }
-            let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-            // keep memory bounded if a test makes the agent log a lot
-            if log.len() < 1 << 20 {
-                log.push_str(line);
-                log.push('\n');
-            }
-        }
-    })
+pub fn poll_until<T>(timeout: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(Duration::from_millis(10), timeout, probe)
 }
 
 /// `spoa echo --listen 127.0.0.1:0` as a child process, its soft fd limit raised to
 /// [`NOFILE_WANTED`] where the hard limit allows; killed on drop.
 #[derive(Debug)]
-pub struct EchoAgent {
-    child: Child,
-    addr: SocketAddr,
-    log: Arc<Mutex<String>>,
-    pumps: Vec<JoinHandle<()>>,
-}
+pub struct EchoAgent(AgentProcess);
 
 impl EchoAgent {
     /// Starts `spoa echo` with `RUST_LOG=info` and these extra arguments; waits (at most 10 s)
@@ -260,68 +106,30 @@ impl EchoAgent {
     /// Like [`start`](Self::start) with another `RUST_LOG` filter.
     pub fn start_with_log(extra_args: &[&str], rust_log: &str) -> Self {
         let bin = spoa_binary();
-        let mut child = raised_nofile(&bin)
-            .args(["echo", "--listen", "127.0.0.1:0"])
-            .args(extra_args)
-            .env("RUST_LOG", rust_log)
-            .env("NO_COLOR", "1")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("start {} echo: {e}", bin.display()));
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let pumps = vec![
-            pump(child.stdout.take().expect("piped"), Arc::clone(&log), None),
-            pump(
-                child.stderr.take().expect("piped"),
-                Arc::clone(&log),
-                Some(tx),
-            ),
-        ];
-        let addr = rx.recv_timeout(START_TIMEOUT);
-        let mut agent = Self {
-            child,
-            addr: SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
-            log,
-            pumps,
-        };
-        match addr {
-            Ok(addr) => agent.addr = addr,
-            Err(_) => {
-                let status = agent.child.try_wait().ok().flatten();
-                panic!(
-                    "`{} echo` did not report a listening address within {START_TIMEOUT:?} \
-                     (exit status: {status:?}); its log:\n{}",
-                    bin.display(),
-                    agent.log()
-                );
-            }
-        }
-        agent
+        Self(AgentProcess::spawn(
+            raised_nofile(&bin)
+                .args(["echo", "--listen", "127.0.0.1:0"])
+                .args(extra_args)
+                .env("RUST_LOG", rust_log),
+            &format!("`{} echo`", bin.display()),
+            // keep memory bounded if a test makes the agent log a lot
+            1 << 20,
+        ))
     }
 
     /// The address it listens on.
     pub const fn addr(&self) -> SocketAddr {
-        self.addr
+        self.0.addr()
     }
 
     /// Its pid.
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.0.pid()
     }
 
     /// `Ok` while the process runs; else how it ended, with its log.
     pub fn alive(&mut self) -> Result<(), String> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(format!(
-                "the agent process exited ({status}); its log:\n{}",
-                self.log()
-            )),
-            Err(e) => Err(format!("cannot check the agent process: {e}")),
-        }
+        self.0.alive()
     }
 
     /// Resident set size in KiB (`VmRSS`).
@@ -346,20 +154,7 @@ impl EchoAgent {
 
     /// Everything it wrote to stdout and stderr so far (the first MiB).
     pub fn log(&self) -> String {
-        self.log
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-}
-
-impl Drop for EchoAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        for p in self.pumps.drain(..) {
-            let _ = p.join();
-        }
+        self.0.log()
     }
 }
 

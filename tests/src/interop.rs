@@ -236,7 +236,16 @@ pub fn free_port() -> u16 {
 }
 
 /// Calls `probe` every 50 ms until it returns `Some`, for at most `timeout`.
-pub fn wait_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+pub fn wait_until<T>(timeout: Duration, probe: impl FnMut() -> Option<T>) -> Option<T> {
+    poll_every(Duration::from_millis(50), timeout, probe)
+}
+
+/// Calls `probe` every `interval` until it returns `Some`, for at most `timeout`.
+pub fn poll_every<T>(
+    interval: Duration,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Option<T>,
+) -> Option<T> {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = probe() {
@@ -245,7 +254,7 @@ pub fn wait_until<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) ->
         if Instant::now() >= deadline {
             return None;
         }
-        thread::sleep(Duration::from_millis(50));
+        thread::sleep(interval);
     }
 }
 
@@ -451,11 +460,13 @@ fn strip_ansi(s: &str) -> String {
     out
 }
 
-/// Copies lines from `r` into `log`; sends the address of a "listening on <addr>" line.
+/// Copies lines from `r` into `log`, ANSI escapes stripped, while `log` is shorter than
+/// `log_limit` bytes; sends the address of a "listening on <addr>" line.
 fn pump(
     r: impl Read + Send + 'static,
     log: Arc<Mutex<String>>,
     listening: Option<mpsc::Sender<SocketAddr>>,
+    log_limit: usize,
 ) -> JoinHandle<()> {
     thread::spawn(move || {
         let mut r = BufReader::new(r);
@@ -476,14 +487,17 @@ fn pump(
                 }
             }
             let mut log = log.lock().unwrap_or_else(PoisonError::into_inner);
-            log.push_str(&line);
-            log.push('\n');
+            if log.len() < log_limit {
+                log.push_str(&line);
+                log.push('\n');
+            }
         }
     })
 }
 
-/// An agent running as a child process on `127.0.0.1:<kernel port>`, with `RUST_LOG=debug`
-/// and `NO_COLOR=1`; killed on drop. Its stdout and stderr are collected for [`Self::log`].
+/// An agent running as a child process on `127.0.0.1:<kernel port>`, with `NO_COLOR=1` (and
+/// `RUST_LOG=debug` unless started by [`Self::spawn`] with another filter); killed on drop.
+/// Its stdout and stderr are collected for [`Self::log`].
 #[derive(Debug)]
 pub struct AgentProcess {
     child: Child,
@@ -503,23 +517,39 @@ impl AgentProcess {
     /// stderr, e.g. `start_with(&spoa_binary(), &["echo", "--listen", "127.0.0.1:0"])`.
     /// Panics with the process's output if it does not.
     pub fn start_with(bin: &Path, args: &[&str]) -> Self {
-        let mut child = Command::new(bin)
-            .args(args)
-            .env("RUST_LOG", "debug")
+        Self::spawn(
+            Command::new(bin).args(args).env("RUST_LOG", "debug"),
+            &format!("the agent {} {args:?}", bin.display()),
+            usize::MAX,
+        )
+    }
+
+    /// Spawns `cmd` with `NO_COLOR=1`, stdin from `/dev/null` and its stdout and stderr
+    /// collected for [`Self::log`] (while the log is shorter than `log_limit` bytes), and waits
+    /// (at most 10 s) until it prints `listening on <addr>` to stderr. Panics with the
+    /// process's output if it does not; `what` names the process in panic messages.
+    pub fn spawn(cmd: &mut Command, what: &str, log_limit: usize) -> Self {
+        let mut child = cmd
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .unwrap_or_else(|e| panic!("start the agent {} {args:?}: {e}", bin.display()));
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
         let pumps = vec![
-            pump(child.stdout.take().expect("piped"), Arc::clone(&log), None),
+            pump(
+                child.stdout.take().expect("piped"),
+                Arc::clone(&log),
+                None,
+                log_limit,
+            ),
             pump(
                 child.stderr.take().expect("piped"),
                 Arc::clone(&log),
                 Some(tx),
+                log_limit,
             ),
         ];
         let addr = rx.recv_timeout(START_TIMEOUT);
@@ -534,9 +564,8 @@ impl AgentProcess {
             Err(_) => {
                 let status = agent.child.try_wait().ok().flatten();
                 panic!(
-                    "the agent {} {args:?} did not report a listening address within \
-                     {START_TIMEOUT:?} (exit status: {status:?}); its log:\n{}",
-                    bin.display(),
+                    "{what} did not report a listening address within {START_TIMEOUT:?} \
+                     (exit status: {status:?}); its log:\n{}",
                     agent.log()
                 );
             }
@@ -545,8 +574,25 @@ impl AgentProcess {
     }
 
     /// The address the agent listens on.
-    pub fn addr(&self) -> SocketAddr {
+    pub const fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Its pid.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `Ok` while the process runs; else how it ended, with its log.
+    pub fn alive(&mut self) -> Result<(), String> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(format!(
+                "the agent process exited ({status}); its log:\n{}",
+                self.log()
+            )),
+            Err(e) => Err(format!("cannot check the agent process: {e}")),
+        }
     }
 
     /// Everything the agent wrote to stdout and stderr so far.
