@@ -1,6 +1,6 @@
 //! Support for end-to-end tests against real HAProxy processes.
 //!
-//! - [`haproxy`] finds the launcher of an HAProxy series (2.6, 3.0, 3.2) written by
+//! - [`haproxy`] finds the launcher of an HAProxy series (2.6, 3.0, 3.2, 3.4) written by
 //!   `tools/haproxy-install`, and runs that installer once when the launcher is missing.
 //! - [`AgentProcess`] runs an agent on a kernel-chosen loopback port: the `ip_reputation`
 //!   example of spoa-runtime ([`AgentProcess::start`]) or any binary that prints
@@ -26,7 +26,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 /// The HAProxy series `tools/haproxy-install` knows about.
-pub const SERIES: [&str; 3] = ["2.6", "3.0", "3.2"];
+pub const SERIES: [&str; 4] = ["2.6", "3.0", "3.2", "3.4"];
 
 /// The placeholders of the templates (see tests/haproxy/README.md).
 const PLACEHOLDERS: [&str; 5] = [
@@ -45,11 +45,32 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 const SLOW_COMMAND_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// How to install HAProxy by hand; part of every "HAProxy not available" failure.
-const INSTALL_HINT: &str = "Install the HAProxy builds with `tools/haproxy-install 2.6 3.0 3.2` \
+const INSTALL_HINT: &str = "Install the HAProxy builds with `tools/haproxy-install 2.6 3.0 3.2 3.4` \
 (run it from the workspace root, as root: 2.6 is Debian 12's `haproxy` package installed with \
-apt-get, 3.0 and 3.2 are Debian 13/unstable packages downloaded with apt-get and unpacked into \
+apt-get, 3.0, 3.2 and 3.4 are Debian 13/unstable/experimental packages downloaded with apt-get \
+and unpacked into \
 $HAPROXY_DIR, default ~/.cache/spoa-rs/haproxy). The launchers land in \
 <dir>/bin/haproxy-<series>; set HAPROXY_DIR if you keep them elsewhere.";
+
+/// The `[WARNING]` and `[ALERT]` lines of HAProxy output, without the two that HAProxy 3.4 prints
+/// whenever it runs as root without `chroot` and `user`/`uid` (tests and CI run as root; these
+/// say nothing about the configuration under test, and a non-root user would not see them).
+///
+/// ```
+/// let out = "[NOTICE] x\n[WARNING]  (1) : [haproxy.main()] HAProxy was started as root without any 'chroot' directive.\n[WARNING] (1) : parsing [a.cfg:3] : bad\n";
+/// assert_eq!(spop_tests::interop::config_warnings(out), vec!["[WARNING] (1) : parsing [a.cfg:3] : bad"]);
+/// ```
+pub fn config_warnings(output: &str) -> Vec<&str> {
+    const AS_ROOT: [&str; 2] = [
+        "HAProxy was started as root without any 'chroot' directive",
+        "HAProxy was started as the root user and does not make use of 'user' nor 'uid'",
+    ];
+    output
+        .lines()
+        .filter(|l| l.contains("WARNING") || l.contains("ALERT"))
+        .filter(|l| !AS_ROOT.iter().any(|r| l.contains(r)))
+        .collect()
+}
 
 /// The workspace root (the parent of this package).
 pub fn workspace_root() -> PathBuf {
@@ -79,7 +100,7 @@ pub fn haproxy_install_dir() -> PathBuf {
     PathBuf::from(home).join(".cache/spoa-rs/haproxy")
 }
 
-/// The launcher of HAProxy `series` ("2.6", "3.0" or "3.2").
+/// The launcher of HAProxy `series` ("2.6", "3.0", "3.2" or "3.4").
 ///
 /// Looks for `<install dir>/bin/haproxy-<series>` (see [`haproxy_install_dir`]) and checks that
 /// it runs that series. If not, runs `tools/haproxy-install <series>` (once per series and

@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use spop_tests::interop::{haproxy, workspace_root};
+use spop_tests::interop::{config_warnings, haproxy, workspace_root};
 
 const CONFIGS: &[&str] = &[
     "docs/haproxy/echo/haproxy.cfg",
@@ -28,7 +28,7 @@ fn check_all(series: &str) {
             "HAProxy {series} rejects {cfg}:\n{text}"
         );
         assert!(
-            !text.contains("WARNING") && !text.contains("ALERT"),
+            config_warnings(&text).is_empty(),
             "HAProxy {series} warns about {cfg}:\n{text}"
         );
     }
@@ -47,4 +47,9 @@ fn documented_configs_are_valid_on_3_0() {
 #[test]
 fn documented_configs_are_valid_on_3_2() {
     check_all("3.2");
+}
+
+#[test]
+fn documented_configs_are_valid_on_3_4() {
+    check_all("3.4");
 }

@@ -22,7 +22,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use spop_tests::interop::{
-    AgentProcess, HaproxyConfig, HaproxyInstance, HttpResponse, haproxy, spoa_binary, wait_until,
+    AgentProcess, HaproxyConfig, HaproxyInstance, HttpResponse, config_warnings, haproxy,
+    spoa_binary, wait_until,
 };
 
 /// Bound for one test once HAProxy and `spoa` are available.
@@ -187,7 +188,7 @@ fn echo_serves(series: &str, pipelining: bool) {
     // Still healthy, nothing alarming on either side.
     wait_agent_up(&hap, &agent);
     let stderr = hap.stderr_log();
-    if stderr.contains("[ALERT]") || stderr.contains("[WARNING]") {
+    if !config_warnings(&stderr).is_empty() {
         fail("HAProxy wrote warnings or alerts to stderr", &hap, &agent);
     }
     let agent_log = agent.log();
@@ -220,6 +221,11 @@ fn echo_haproxy_3_0_pipelining() {
 #[test]
 fn echo_haproxy_3_2_pipelining() {
     echo_serves("3.2", true);
+}
+
+#[test]
+fn echo_haproxy_3_4_pipelining() {
+    echo_serves("3.4", true);
 }
 
 #[test]

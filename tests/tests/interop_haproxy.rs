@@ -18,8 +18,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use spop_tests::interop::{
-    AgentProcess, HaproxyConfig, HaproxyInstance, ServerStat, SpoeLogLine, agent_binary, haproxy,
-    wait_until,
+    AgentProcess, HaproxyConfig, HaproxyInstance, ServerStat, SpoeLogLine, agent_binary,
+    config_warnings, haproxy, wait_until,
 };
 
 /// Bound for one test once HAProxy and the agent binary are available.
@@ -232,7 +232,7 @@ fn agent_serves(series: &str, pipelining: bool) {
         st.status == "UP" && st.check() == "L7OK"
     });
     let stderr = hap.stderr_log();
-    if stderr.contains("[ALERT]") || stderr.contains("[WARNING]") {
+    if !config_warnings(&stderr).is_empty() {
         fail(
             "HAProxy wrote warnings or alerts to stderr",
             &hap,
@@ -342,4 +342,20 @@ fn haproxy_3_2_no_pipelining() {
 #[test]
 fn haproxy_3_2_agent_down() {
     agent_down("3.2", "257");
+}
+
+#[test]
+fn haproxy_3_4_pipelining() {
+    agent_serves("3.4", true);
+}
+
+#[test]
+fn haproxy_3_4_no_pipelining() {
+    agent_serves("3.4", false);
+}
+
+/// 3.4 reports like 3.2: 256 + SPOP status 1 (I/O error).
+#[test]
+fn haproxy_3_4_agent_down() {
+    agent_down("3.4", "257");
 }
