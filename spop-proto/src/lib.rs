@@ -72,7 +72,9 @@ pub mod varint;
 #[doc(hidden)]
 pub mod fuzzing;
 
-pub use conn::{AgentConfig, AgentConnection, Event, Negotiated, PAD_VAR_NAME};
+pub use conn::{
+    AgentConfig, AgentConnection, Event, Negotiated, PAD_VAR_NAME, PRE_HANDSHAKE_MAX_FRAME_SIZE,
+};
 pub use data::{DataType, KvList, TypedData};
 pub use error::{AckError, ConnectionError, DecodeError, ProtocolError, TimeoutKind};
 pub use frame::{Action, Actions, Message, Notify, NotifyId, Scope};

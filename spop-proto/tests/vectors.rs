@@ -44,6 +44,7 @@ const VECTORS: &[Vector] = &[
     vector!("ack-unset-var-flag"),
     vector!("ack-set-var-minus-one"),
     vector!("ack-empty"),
+    vector!("ack-padded"),
     vector!("agent-disconnect-normal"),
 ];
 
@@ -370,6 +371,49 @@ fn ack_set_var_minus_one() {
 #[test]
 fn ack_empty() {
     check_ack("ack-empty", NotifyId::new(5, 1), &Actions::new(), &[]);
+}
+
+/// What the state machine sends, with its default configuration, for a handler that returned
+/// no actions: the padded ACK, byte for byte; and the unpadded one when padding is off.
+#[test]
+fn ack_padded_by_default() {
+    use spop_proto::{AgentConfig, AgentConnection, PAD_VAR_NAME};
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    let ack_bytes = |config: AgentConfig| {
+        let now = Instant::now();
+        let mut conn = AgentConnection::new(Arc::new(config), now);
+        let mut rbuf = BytesMut::new();
+        HaproxyHello::new(MAX, "pipelining").encode(&mut rbuf);
+        Notify::builder(NotifyId::new(5, 1))
+            .message("m")
+            .build()
+            .encode(&mut rbuf);
+        conn.handle_read(now, &mut rbuf);
+        let mut hello = BytesMut::new();
+        conn.poll_transmit(&mut hello);
+        conn.send_ack(now, NotifyId::new(5, 1), &Actions::new())
+            .unwrap();
+        let mut out = BytesMut::new();
+        conn.poll_transmit(&mut out);
+        out.to_vec()
+    };
+    assert_bytes(&ack_bytes(AgentConfig::default()), &wire("ack-padded"));
+    let mut padded = Actions::new();
+    padded.unset_var(Scope::Transaction, PAD_VAR_NAME);
+    check_ack(
+        "ack-padded",
+        NotifyId::new(5, 1),
+        &padded,
+        &[Action::UnsetVar {
+            scope: Scope::Transaction,
+            name: PAD_VAR_NAME,
+        }],
+    );
+    let mut off = AgentConfig::default();
+    off.pad_empty_ack = false;
+    assert_bytes(&ack_bytes(off), &wire("ack-empty"));
 }
 
 #[test]

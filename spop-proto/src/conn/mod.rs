@@ -22,9 +22,29 @@ use crate::frame::{
 };
 use crate::status::{FrameType, StatusCode};
 
-/// The variable an empty ACK is padded with when [`AgentConfig::pad_empty_ack`] is set: an
-/// `unset-var txn.<prefix>.spoa_pad_ack`, which HAProxy ignores.
+/// The variable an empty ACK is padded with when [`AgentConfig::pad_empty_ack`] is set (the
+/// default): an `unset-var txn.<prefix>.spoa_pad_ack`.
+///
+/// Why this action is harmless: unsetting a variable that does not exist is a no-op in every
+/// HAProxy version, and HAProxy drops actions on names that neither the configuration
+/// references nor `register-var-names` lists, without a log line. No configuration we ship or
+/// generate uses the name. Why an unset and not a set: it carries no value, so it can never be
+/// mistaken for a verdict, and it is the shortest action there is (17 bytes on the wire).
+///
+/// ```
+/// assert_eq!(spop_proto::PAD_VAR_NAME, "spoa_pad_ack");
+/// ```
 pub const PAD_VAR_NAME: &str = "spoa_pad_ack";
+
+/// The largest frame accepted before the handshake. HAProxy's HELLO is about 150 bytes
+/// (version list, max-frame-size, capabilities, engine-id, healthcheck), so a peer that
+/// announces more than this before negotiating is refused with status 3 (frame too big)
+/// without any buffer being reserved for it.
+///
+/// ```
+/// assert_eq!(spop_proto::PRE_HANDSHAKE_MAX_FRAME_SIZE, 1024);
+/// ```
+pub const PRE_HANDSHAKE_MAX_FRAME_SIZE: u32 = 1024;
 
 /// Settings of an agent connection. Build it with `AgentConfig::default()` and change fields.
 ///
@@ -59,8 +79,11 @@ pub struct AgentConfig {
     /// Close (status 2) after this long without traffic while nothing is in flight.
     /// Default off: HAProxy manages idle connections itself.
     pub idle_timeout: Option<Duration>,
-    /// Send `unset-var txn.spoa_pad_ack` instead of an empty ACK: HAProxy 3.1.0 stalls on
-    /// empty ACKs until its processing timeout. Default false.
+    /// Send `unset-var txn.spoa_pad_ack` ([`PAD_VAR_NAME`]) instead of an ACK without
+    /// actions. Default **true**: HAProxy 3.1.0 never wakes the stream on an ACK without
+    /// actions, so every such request waits for `timeout processing` and fails; the padding is
+    /// harmless on every other version. Turn it off only to save 17 bytes per empty ACK on
+    /// HAProxy versions known to be fixed (2.x, 3.2+).
     pub pad_empty_ack: bool,
 }
 
@@ -74,7 +97,7 @@ impl Default for AgentConfig {
             max_reassembly_size: 1 << 20,
             hello_timeout: Some(Duration::from_secs(10)),
             idle_timeout: None,
-            pad_empty_ack: false,
+            pad_empty_ack: true,
         }
     }
 }
@@ -160,7 +183,10 @@ pub struct AgentConnection {
 impl AgentConnection {
     /// A new connection at `now`; arms the hello timer.
     pub fn new(config: Arc<AgentConfig>, now: Instant) -> Self {
-        let own_max = config.max_frame_size.max(MIN_MAX_FRAME_SIZE);
+        let own_max = config
+            .max_frame_size
+            .max(MIN_MAX_FRAME_SIZE)
+            .min(PRE_HANDSHAKE_MAX_FRAME_SIZE);
         let hello_deadline = config.hello_timeout.map(|t| now + t);
         let limit = config.max_in_flight.max(1);
         Self {
@@ -186,19 +212,56 @@ impl AgentConnection {
     /// Stops early once [`max_in_flight`](AgentConfig::max_in_flight) NOTIFYs are
     /// unanswered; call it again (even without new bytes) after an ACK frees a slot.
     pub fn handle_read(&mut self, now: Instant, buf: &mut BytesMut) {
-        while self.state != State::Closed && self.in_flight_count < self.in_flight_limit() {
+        self.handle_read_frames(now, buf, usize::MAX);
+    }
+
+    /// Like [`handle_read`](Self::handle_read), but consumes at most `max_frames` frames;
+    /// returns how many it consumed. A driver that must not queue output past a limit (a write
+    /// high-water mark) reads one frame at a time and checks its output in between.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Instant};
+    /// use bytes::BytesMut;
+    /// use spop_proto::{AgentConfig, AgentConnection, Notify, NotifyId, frame::HaproxyHello};
+    ///
+    /// let now = Instant::now();
+    /// let mut conn = AgentConnection::new(Arc::new(AgentConfig::default()), now);
+    /// let mut rbuf = BytesMut::new();
+    /// HaproxyHello::new(16380, "pipelining").encode(&mut rbuf);
+    /// Notify::builder(NotifyId::new(1, 1)).message("m").build().encode(&mut rbuf);
+    /// assert_eq!(conn.handle_read_frames(now, &mut rbuf, 1), 1); // the HELLO only
+    /// assert_eq!(conn.handle_read_frames(now, &mut rbuf, 1), 1); // then the NOTIFY
+    /// assert_eq!(conn.handle_read_frames(now, &mut rbuf, 1), 0);
+    /// assert_eq!(conn.in_flight(), 1);
+    /// ```
+    pub fn handle_read_frames(
+        &mut self,
+        now: Instant,
+        buf: &mut BytesMut,
+        max_frames: usize,
+    ) -> usize {
+        let mut consumed = 0;
+        while consumed < max_frames
+            && self.state != State::Closed
+            && self.in_flight_count < self.in_flight_limit()
+        {
             match self.decoder.decode(buf) {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
+                    consumed += 1;
                     self.idle_deadline = self.config.idle_timeout.map(|t| now + t);
                     if let Err(e) = self.on_frame(frame) {
                         self.fail(e);
                     }
                 }
-                Err(e) => self.fail(e.into()),
+                Err(e) => {
+                    consumed += 1;
+                    self.fail(e.into());
+                }
             }
         }
         self.partial = !buf.is_empty();
+        consumed
     }
 
     /// The peer closed its side (read returned 0, or the connection was reset).

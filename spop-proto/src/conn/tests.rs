@@ -423,8 +423,8 @@ fn duplicate_id_in_flight_is_acked_twice() {
 
 #[test]
 fn empty_notify_and_empty_ack_padding() {
-    let mut config = AgentConfig::default();
-    config.pad_empty_ack = true;
+    let config = AgentConfig::default();
+    assert!(config.pad_empty_ack, "padding is on by default");
     let mut h = FakeHaproxy::established(config, "pipelining");
     h.feed(&raw_frame(FrameType::NOTIFY, 1, 1, 1, &[]));
     let n = h.notifies();
@@ -439,7 +439,10 @@ fn empty_notify_and_empty_ack_padding() {
         }]
     );
 
-    let mut h = FakeHaproxy::established(AgentConfig::default(), "pipelining");
+    // padding is the default; off, the ACK has no actions
+    let mut config = AgentConfig::default();
+    config.pad_empty_ack = false;
+    let mut h = FakeHaproxy::established(config, "pipelining");
     h.feed(&raw_frame(FrameType::NOTIFY, 1, 1, 1, &[]));
     h.conn
         .send_ack(h.now, NotifyId::new(1, 1), &Actions::new())

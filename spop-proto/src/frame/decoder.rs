@@ -7,8 +7,12 @@ use crate::error::DecodeError;
 use crate::parse;
 use crate::status::FrameType;
 
+/// The most [`FrameDecoder::decode`] reserves in one go for a frame still arriving.
+const RESERVE_STEP: usize = 8 * 1024;
+
 /// A frame split off a byte slice: its header, its payload, and the bytes it took
 /// (length prefix included).
+
 pub type SplitFrame<'a> = (FrameHeader, &'a [u8], usize);
 
 /// Splits the first whole frame off `buf` without copying.
@@ -125,7 +129,9 @@ impl FrameDecoder {
             return Ok(None);
         };
         if src.len() < 4 + len {
-            src.reserve(4 + len - src.len());
+            // Room for the rest, but never more than one step at a time: a peer announcing a
+            // large frame and sending a few bytes must not make us reserve the whole length.
+            src.reserve((4 + len - src.len()).min(RESERVE_STEP));
             return Ok(None);
         }
         // The header is decoded in place, so the payload needs a single new handle on the read
@@ -171,6 +177,11 @@ mod tests {
         let mut b = BytesMut::from(&300u32.to_be_bytes()[..]);
         assert_eq!(dec.decode(&mut b), Ok(None));
         assert!(b.capacity() >= 304);
+        // a large announced length is reserved one step at a time, never in one go
+        let mut dec = FrameDecoder::new(1 << 20);
+        let mut b = BytesMut::from(&(1u32 << 20).to_be_bytes()[..]);
+        assert_eq!(dec.decode(&mut b), Ok(None));
+        assert!(b.capacity() <= 4 + RESERVE_STEP + 64, "{}", b.capacity());
     }
 
     #[test]
