@@ -2,13 +2,19 @@
 //! variable of the same name and type.
 
 use std::convert::Infallible;
-use std::future::Ready;
+use std::fmt;
+use std::future::{Future, Ready};
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::sync::LazyLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
-use spoa_runtime::{Request, Server, handler_fn};
+use spoa_runtime::{
+    BoxError, DEFAULT_ERROR_VAR, DEFAULT_MAX_IN_FLIGHT, Handler, Request, Server, handler_fn,
+};
 use spop_proto::frame::DEFAULT_MAX_FRAME_SIZE;
-use spop_proto::{Actions, Scope};
+use spop_proto::{Actions, Scope, TypedData};
 use tracing::info;
 
 use crate::args::Addr;
@@ -20,6 +26,18 @@ use crate::net::AnyListener;
 ///
 /// Prints `listening on ADDR` to stderr once bound; Ctrl-C or SIGTERM shut down gracefully.
 /// Logs go to stderr, filtered by RUST_LOG (default `info`).
+///
+/// Deadlines: set --processing-timeout to the `timeout processing` of the spoe-agent section
+/// (default 500ms, as in the configs we ship). A NOTIFY still unanswered at 90% of it gets the
+/// fallback ACK, which sets txn.<prefix>.spoa_error (1 handler error, 2 timeout, 3 panic,
+/// 4 overload, 5 ACK too large).
+///
+/// Bad days on demand, for tests and demos (like the processing delay of HAProxy's example
+/// agent): --delay makes the selected NOTIFYs wait before their answer, --fail makes them fail.
+/// Selectors (--delay-which, --fail-which): `all`; `share:F` a deterministic pseudo-random
+/// fraction F of NOTIFYs (0 to 1); `every:N` every Nth NOTIFY; `match:TEXT` NOTIFYs with a
+/// STRING or BINARY argument containing TEXT. Example: `spoa echo --listen 127.0.0.1:12345
+/// --delay 3s --delay-which match:/slow` hangs every request whose path contains /slow.
 #[derive(Debug, clap::Args)]
 pub(crate) struct EchoArgs {
     /// Listen address: host:port (port 0 picks one), or a Unix socket (unix:/path or any path
@@ -35,18 +53,49 @@ pub(crate) struct EchoArgs {
     /// Do not offer pipelining (one NOTIFY at a time per connection).
     #[arg(long)]
     no_pipelining: bool,
-    /// NOTIFYs in flight per connection before reading pauses.
-    #[arg(long, default_value_t = 20)]
+    /// NOTIFYs in flight per connection before reading pauses (a memory bound: HAProxy keeps
+    /// at most 20 per connection itself).
+    #[arg(long, default_value_t = DEFAULT_MAX_IN_FLIGHT)]
     max_in_flight: usize,
-    /// Never send an empty ACK (HAProxy 3.1.0 stalls on them): pad with a harmless unset-var.
+    /// Send ACKs without actions as they are. By default they are padded with a harmless
+    /// unset-var txn.spoa_pad_ack, because HAProxy 3.1.0 stalls on ACKs without actions.
     #[arg(long)]
+    no_pad_empty_ack: bool,
+    /// Accepted for compatibility: padding is the default now.
+    #[arg(long, hide = true)]
     pad_empty_ack: bool,
+    /// HAProxy's `timeout processing` for this agent (e.g. `500ms`); the fallback ACK goes out
+    /// at 90% of it, or at --handler-budget.
+    #[arg(long, default_value = "500ms", value_parser = crate::args::parse_duration)]
+    processing_timeout: Duration,
+    /// Time a NOTIFY may take before its fallback ACK; must be below --processing-timeout.
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    handler_budget: Option<Duration>,
+    /// Name of the txn variable the fallback ACK sets to the failure code.
+    #[arg(long, default_value = DEFAULT_ERROR_VAR)]
+    error_var: String,
+    /// Send fallback ACKs without the error variable.
+    #[arg(long)]
+    no_error_var: bool,
+    /// Delay the answer to the selected NOTIFYs (--delay-which) by this long, e.g. `3s`.
+    #[arg(long, value_parser = crate::args::parse_duration)]
+    delay: Option<Duration>,
+    /// Which NOTIFYs --delay applies to: all, share:F, every:N or match:TEXT.
+    #[arg(long, default_value = "all", requires = "delay")]
+    delay_which: Selector,
+    /// Make the selected NOTIFYs (--fail-which) fail: `error` (the handler returns an error)
+    /// or `panic` (the handler panics).
+    #[arg(long, value_name = "error|panic")]
+    fail: Option<FailMode>,
+    /// Which NOTIFYs --fail applies to: all, share:F, every:N or match:TEXT.
+    #[arg(long, default_value = "all", requires = "fail")]
+    fail_which: Selector,
     /// Connections served at once; further ones wait in the listen queue.
     #[arg(long, default_value_t = 10_000)]
     max_connections: usize,
     /// Time allowed for HAProxy's HELLO after a connection opens (e.g. `10s`, `500ms`).
     #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
-    hello_timeout: std::time::Duration,
+    hello_timeout: Duration,
     /// Worker threads; 0 means one per available core (1 runs a single-threaded runtime).
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
@@ -71,27 +120,160 @@ pub(crate) fn echo_actions(req: &Request, scope: Scope) -> Actions {
     actions
 }
 
+/// Which NOTIFYs a bad-day option applies to.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Selector {
+    All,
+    Share(f64),
+    Every(u64),
+    Match(String),
+}
+
+impl FromStr for Selector {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (kind, value) = s.split_once(':').unwrap_or((s, ""));
+        match kind {
+            "all" if value.is_empty() => Ok(Self::All),
+            "share" => match value.parse::<f64>() {
+                Ok(f) if (0.0..=1.0).contains(&f) => Ok(Self::Share(f)),
+                _ => Err(format!("share:{value}: the share must be a number from 0 to 1")),
+            },
+            "every" => match value.parse::<u64>() {
+                Ok(n) if n >= 1 => Ok(Self::Every(n)),
+                _ => Err(format!("every:{value}: N must be a whole number of at least 1")),
+            },
+            "match" if !value.is_empty() => Ok(Self::Match(value.to_owned())),
+            _ => Err(format!(
+                "{s:?}: expected all, share:F (0 to 1), every:N or match:TEXT"
+            )),
+        }
+    }
+}
+
+impl Selector {
+    /// Whether the `n`th NOTIFY (counting from 1) is selected.
+    fn selects(&self, n: u64, req: &Request) -> bool {
+        match self {
+            Self::All => true,
+            Self::Every(k) => n % k == 0,
+            // a fixed pseudo-random sequence (Fibonacci hashing of the count): reproducible runs
+            Self::Share(f) => {
+                let h = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+                (h as f64 / (1u64 << 53) as f64) < *f
+            }
+            Self::Match(text) => req.messages().any(|m| {
+                m.args().any(|a| match a.value {
+                    TypedData::String(b) | TypedData::Binary(b) => {
+                        b.windows(text.len()).any(|w| w == text.as_bytes())
+                    }
+                    _ => false,
+                })
+            }),
+        }
+    }
+}
+
+/// How a selected NOTIFY fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum FailMode {
+    Error,
+    Panic,
+}
+
+#[derive(Debug)]
+struct Injected;
+
+impl fmt::Display for Injected {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("failure injected by spoa echo --fail error")
+    }
+}
+
+impl std::error::Error for Injected {}
+
+/// The echo handler with the bad-day options.
+struct BadDay {
+    scope: Scope,
+    delay: Option<(Duration, Selector)>,
+    fail: Option<(FailMode, Selector)>,
+    count: AtomicU64,
+}
+
+impl Handler for BadDay {
+    type Error = BoxError;
+
+    fn handle_notify(&self, req: Request) -> impl Future<Output = Result<Actions, BoxError>> + Send {
+        let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
+        let delay = self
+            .delay
+            .as_ref()
+            .and_then(|(d, sel)| sel.selects(n, &req).then_some(*d));
+        let fail = self
+            .fail
+            .as_ref()
+            .and_then(|(mode, sel)| sel.selects(n, &req).then_some(*mode));
+        let scope = self.scope;
+        async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            match fail {
+                Some(FailMode::Error) => Err(Injected.into()),
+                Some(FailMode::Panic) => panic!("panic injected by spoa echo --fail panic"),
+                None => Ok(echo_actions(&req, scope)),
+            }
+        }
+    }
+}
+
 pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
-    let shutdown = crate::shutdown_signal()?;
-    let listener = AnyListener::bind(&args.listen).await?;
-    let server = Server::builder()
+    let mut builder = Server::builder()
         .max_frame_size(args.max_frame_size)
         .pipelining(!args.no_pipelining)
-        .max_in_flight(args.max_in_flight.max(1))
-        .pad_empty_ack(args.pad_empty_ack)
-        .max_connections(args.max_connections.max(1))
+        .max_in_flight(args.max_in_flight)
+        .pad_empty_ack(!args.no_pad_empty_ack)
+        .max_connections(args.max_connections)
         .hello_timeout(Some(args.hello_timeout))
-        .build();
+        .processing_timeout(args.processing_timeout)
+        .error_var(Scope::Transaction, args.error_var.clone());
+    if let Some(b) = args.handler_budget {
+        builder = builder.handler_budget(b);
+    }
+    if args.no_error_var {
+        builder = builder.no_error_var();
+    }
+    let server = builder
+        .build()
+        .map_err(|e| anyhow::anyhow!("{e} (spoa echo: see --help)"))?;
+    let shutdown = crate::shutdown_signal()?;
+    let listener = AnyListener::bind(&args.listen).await?;
     let scope = args.scope;
-    let handler = handler_fn(move |req: Request| -> Ready<Result<Actions, Infallible>> {
-        std::future::ready(Ok(echo_actions(&req, scope)))
-    });
     let unix_path = listener.unix_path();
     eprintln!("listening on {}", listener.local_addr());
-    info!(scope = %scope, max_frame_size = args.max_frame_size, pipelining = !args.no_pipelining, "echo agent started");
-    match listener {
-        AnyListener::Tcp(l) => server.serve(l, handler, shutdown).await,
-        AnyListener::Unix(l, _) => server.serve(l, handler, shutdown).await,
+    info!(
+        scope = %scope,
+        max_frame_size = args.max_frame_size,
+        pipelining = !args.no_pipelining,
+        processing_timeout = ?args.processing_timeout,
+        budget = ?server.config().handler_budget(),
+        "echo agent started"
+    );
+    if args.delay.is_some() || args.fail.is_some() {
+        let handler = BadDay {
+            scope,
+            delay: args.delay.map(|d| (d, args.delay_which.clone())),
+            fail: args.fail.map(|m| (m, args.fail_which.clone())),
+            count: AtomicU64::new(0),
+        };
+        info!(delay = ?args.delay, delay_which = ?args.delay_which, fail = ?args.fail, fail_which = ?args.fail_which, "bad-day options on");
+        serve(&server, listener, handler, shutdown).await;
+    } else {
+        let handler = handler_fn(move |req: Request| -> Ready<Result<Actions, Infallible>> {
+            std::future::ready(Ok(echo_actions(&req, scope)))
+        });
+        serve(&server, listener, handler, shutdown).await;
     }
     if let Some(p) = unix_path {
         let _ = std::fs::remove_file(p);
@@ -102,7 +284,55 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         notifies = m.notifies,
         acks = m.acks,
         health_checks = m.health_checks,
+        timeouts = m.handler_timeouts,
+        errors = m.handler_errors,
+        panics = m.handler_panics,
+        late = m.handler_late,
         "echo agent stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+async fn serve<H: Handler>(
+    server: &Server,
+    listener: AnyListener,
+    handler: H,
+    shutdown: impl Future<Output = ()>,
+) {
+    match listener {
+        AnyListener::Tcp(l) => server.serve(l, handler, shutdown).await,
+        AnyListener::Unix(l, _) => server.serve(l, handler, shutdown).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spoa_runtime::{ConnInfo, testing};
+
+    fn req(path: &str) -> Request {
+        Request::new(
+            testing::notify().message("m").arg("path", path).build(),
+            ConnInfo::for_tests(),
+        )
+    }
+
+    #[test]
+    fn selectors() {
+        assert_eq!("all".parse(), Ok(Selector::All));
+        assert_eq!("every:3".parse(), Ok(Selector::Every(3)));
+        assert_eq!("share:0.25".parse(), Ok(Selector::Share(0.25)));
+        assert_eq!("match:/slow".parse(), Ok(Selector::Match("/slow".into())));
+        for bad in ["every:0", "share:2", "share:x", "match:", "sometimes", "all:1"] {
+            assert!(bad.parse::<Selector>().is_err(), "{bad}");
+        }
+        let r = req("/a/slow/b");
+        assert!(Selector::Match("/slow".into()).selects(1, &r));
+        assert!(!Selector::Match("/fast".into()).selects(1, &r));
+        let every: Vec<u64> = (1..=9).filter(|n| Selector::Every(3).selects(*n, &r)).collect();
+        assert_eq!(every, [3, 6, 9]);
+        let share = (1..=10_000).filter(|n| Selector::Share(0.1).selects(*n, &r)).count();
+        assert!((800..1200).contains(&share), "{share}");
+        assert_eq!((1..=100).filter(|n| Selector::Share(0.0).selects(*n, &r)).count(), 0);
+    }
 }

@@ -28,7 +28,7 @@ fn score(ip: IpAddr) -> i64 {
 }
 
 #[tokio::main]
-async fn main() -> std::io::Result<()> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
@@ -54,7 +54,7 @@ async fn main() -> std::io::Result<()> {
         listener.local_addr()?
     );
     Server::builder()
-        .build()
+        .build()?
         .serve(listener, handler, async {
             let _ = tokio::signal::ctrl_c().await;
         })

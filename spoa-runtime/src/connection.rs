@@ -1,80 +1,65 @@
 //! The per-connection driver: runs the `spop-proto` state machine over an async stream.
+//!
+//! Per NOTIFY: the handler is polled once inline; if it has to wait, it moves to a task that
+//! races it against its deadline (arrival + budget). At the deadline the task reports the
+//! fallback and, if the connection has a late slot, lets the handler run on until
+//! `late_limit` with its result dropped. Outcomes come back over one channel; the driver ACKs
+//! them, so an abandoned NOTIFY frees its in-flight slot at its deadline, not when its handler
+//! ends.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use spop_proto::{
-    AckError, Actions, AgentConfig, AgentConnection, ConnectionError, Event, Notify, NotifyId,
+    AckError, Actions, AgentConnection, ConnectionError, Event, Notify, NotifyId, StatusCode,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
-use crate::config::Config;
+use crate::config::FallbackReason;
 use crate::handler::{BoxError, ConnInfo, Handler, Request};
-use crate::metrics::Metrics;
+use crate::server::{Server, Shared};
+use crate::unwind::{CatchUnwind, Panicked};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long the final frames (AGENT-DISCONNECT) may take to write after a close.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
-
-/// What the runtime shares between connections.
-#[derive(Debug, Clone)]
-pub(crate) struct Shared {
-    pub(crate) config: Arc<Config>,
-    pub(crate) agent: Arc<AgentConfig>,
-    pub(crate) metrics: Arc<Metrics>,
-    pub(crate) limiter: Option<Arc<Semaphore>>,
-}
-
-impl Shared {
-    pub(crate) fn new(config: Arc<Config>, metrics: Arc<Metrics>) -> Self {
-        let agent = Arc::new(config.agent.clone());
-        let limiter = config
-            .handler_concurrency
-            .map(|n| Arc::new(Semaphore::new(n.max(1))));
-        Self {
-            config,
-            agent,
-            metrics,
-            limiter,
-        }
-    }
-}
+/// Read buffer: the usual reservation, and the capacity above which an emptied buffer is
+/// released rather than kept.
+const READ_CHUNK: usize = 8 * 1024;
+const KEEP_CAPACITY: usize = 64 * 1024;
 
 /// Serves one SPOP connection over any byte stream (TCP, Unix socket, TLS, an in-memory
-/// duplex...) until it closes; returns why it closed.
+/// duplex...) until it closes; returns why it closed. Uses the server's configuration,
+/// metrics, handler limit and background tasks, exactly as [`Server::serve`] would.
 ///
-/// Cancelling `cancel` starts a graceful drain: reading stops, in-flight handlers finish and
-/// are ACKed, then AGENT-DISCONNECT status 0 goes out (status 2 if
-/// [`Config::shutdown_grace`] runs out first).
-///
-/// [`Config::handler_concurrency`] applies per call here; use [`Server`](crate::Server) to
-/// share it across connections.
+/// Cancelling `cancel` starts a graceful drain: reading stops, in-flight handlers finish (or
+/// reach their budget) and are ACKed, then AGENT-DISCONNECT status 0 goes out (status 2 if
+/// [`Config::shutdown_grace`](crate::Config::shutdown_grace) runs out first).
 ///
 /// ```no_run
 /// use std::sync::Arc;
-/// use spoa_runtime::{handler_fn, serve_connection, Config, Metrics, Request};
+/// use spoa_runtime::{handler_fn, serve_connection, Request, Server};
 /// use spop_proto::Actions;
 /// use tokio_util::sync::CancellationToken;
 ///
-/// # async fn run() -> std::io::Result<()> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let server = Server::builder().build()?;
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:12345").await?;
 /// let (stream, peer) = listener.accept().await?;
 /// let handler = Arc::new(handler_fn(|_req: Request| async { Ok::<_, std::convert::Infallible>(Actions::new()) }));
-/// let why = serve_connection(
-///     stream, peer.to_string(), handler, Arc::new(Config::default()),
-///     Arc::new(Metrics::default()), CancellationToken::new(),
-/// ).await;
+/// let why = serve_connection(stream, peer.to_string(), handler, &server, CancellationToken::new()).await;
 /// println!("closed: {why}");
 /// # Ok(()) }
 /// ```
@@ -82,22 +67,31 @@ pub async fn serve_connection<IO, H>(
     io: IO,
     peer: String,
     handler: Arc<H>,
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
+    server: &Server,
     cancel: CancellationToken,
 ) -> ConnectionError
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    drive(io, peer, handler, Shared::new(config, metrics), cancel).await
+    drive(io, peer, handler, server.shared().clone(), cancel).await
+}
+
+/// Keeps the active-connections gauge right even if the connection task panics or is
+/// aborted.
+struct Gauge(Arc<Shared>);
+
+impl Drop for Gauge {
+    fn drop(&mut self) {
+        self.0.metrics.connection_closed();
+    }
 }
 
 pub(crate) async fn drive<IO, H>(
     io: IO,
     peer: String,
     handler: Arc<H>,
-    shared: Shared,
+    shared: Arc<Shared>,
     cancel: CancellationToken,
 ) -> ConnectionError
 where
@@ -107,43 +101,46 @@ where
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("spop_conn", conn = id, peer = %peer, engine_id = tracing::field::Empty);
     shared.metrics.connection_opened();
-    let why = Driver::new(id, peer, handler, shared.clone())
+    let _gauge = Gauge(shared.clone());
+    Driver::new(id, peer, handler, shared)
         .run(io, cancel)
         .instrument(span)
-        .await;
-    shared.metrics.connection_closed();
-    why
+        .await
 }
 
-/// What handling one event asks of the loop.
-enum Step {
-    Continue,
-    AckedInline,
-    Closed(ConnectionError),
-}
-
-enum Outcome {
+/// How a handler ended, as far as the ACK is concerned.
+pub(crate) enum Outcome {
     Done(Actions),
     Failed(BoxError),
     Panicked,
-    TimedOut,
+    Fallback(FallbackReason),
+}
+
+type HandlerFuture = Pin<Box<dyn Future<Output = Result<Actions, BoxError>> + Send>>;
+
+impl From<Result<Result<Actions, BoxError>, Panicked>> for Outcome {
+    fn from(r: Result<Result<Actions, BoxError>, Panicked>) -> Self {
+        match r {
+            Ok(Ok(a)) => Self::Done(a),
+            Ok(Err(e)) => Self::Failed(e),
+            Err(Panicked) => Self::Panicked,
+        }
+    }
 }
 
 struct Driver<H> {
     handler: Arc<H>,
-    shared: Shared,
+    shared: Arc<Shared>,
     info: Arc<ConnInfo>,
     established: bool,
-    tasks: JoinSet<(Outcome, Duration)>,
-    task_ids: HashMap<tokio::task::Id, NotifyId>,
-}
-
-fn now() -> Instant {
-    tokio::time::Instant::now().into_std()
+    tasks: JoinSet<()>,
+    tx: mpsc::UnboundedSender<(NotifyId, Outcome)>,
+    rx: mpsc::UnboundedReceiver<(NotifyId, Outcome)>,
+    late: Arc<Semaphore>,
 }
 
 impl<H: Handler> Driver<H> {
-    fn new(id: u64, peer: String, handler: Arc<H>, shared: Shared) -> Self {
+    fn new(id: u64, peer: String, handler: Arc<H>, shared: Arc<Shared>) -> Self {
         let info = ConnInfo {
             id,
             peer,
@@ -151,13 +148,17 @@ impl<H: Handler> Driver<H> {
             max_frame_size: 0,
             pipelining: false,
         };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let late = Arc::new(Semaphore::new(shared.config.max_late));
         Self {
             handler,
             shared,
             info: Arc::new(info),
             established: false,
             tasks: JoinSet::new(),
-            task_ids: HashMap::new(),
+            tx,
+            rx,
+            late,
         }
     }
 
@@ -166,96 +167,124 @@ impl<H: Handler> Driver<H> {
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
         let (mut rd, mut wr) = tokio::io::split(io);
-        let mut conn = AgentConnection::new(self.shared.agent.clone(), now());
-        let mut rbuf = BytesMut::with_capacity(8 * 1024);
+        let start = Instant::now();
+        let mut conn = AgentConnection::new(self.shared.agent.clone(), start.into_std());
+        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
         let mut wbuf = BytesMut::new();
-        let high_water = self.shared.config.write_high_water.max(1);
+        let high_water = self.shared.config.write_high_water;
+        let write_timeout = self.shared.config.write_timeout;
         let grace = self.shared.config.shutdown_grace;
         let mut draining = false;
+        // when the peer last accepted bytes, or when output started waiting
+        let mut write_progress = start;
         loop {
-            conn.poll_transmit(&mut wbuf);
-            let mut acked_inline = false;
-            while let Some(event) = conn.poll_event() {
-                match self.on_event(&mut conn, event) {
-                    Step::Continue => {}
-                    Step::AckedInline => acked_inline = true,
-                    Step::Closed(why) => {
-                        conn.poll_transmit(&mut wbuf);
-                        self.finish(&mut wr, &mut wbuf, &why).await;
-                        return why;
-                    }
+            let now = Instant::now();
+            if let Some(why) = self.pump(&mut conn, &mut rbuf, &mut wbuf, now) {
+                self.finish(&mut wr, &mut wbuf, &why).await;
+                return why;
+            }
+            if wbuf.is_empty() {
+                write_progress = now;
+                if wbuf.capacity() > KEEP_CAPACITY {
+                    wbuf = BytesMut::new();
                 }
             }
-            if acked_inline {
-                // freed in-flight slots may let buffered frames through
-                conn.handle_read(now(), &mut rbuf);
-                continue;
-            }
-            let deadline = conn.poll_timeout();
-            let can_read = conn.wants_read() && wbuf.len() < high_water;
+            let below_high_water = wbuf.len() < high_water;
+            let can_read = conn.wants_read() && below_high_water;
             if can_read && rbuf.capacity() - rbuf.len() < 1024 {
-                rbuf.reserve(8 * 1024);
+                if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
+                    rbuf = BytesMut::new();
+                }
+                rbuf.reserve(READ_CHUNK);
             }
+            let deadline = conn.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 biased;
                 () = cancel.cancelled(), if !draining => {
                     draining = true;
                     debug!(in_flight = conn.in_flight(), "draining");
-                    let t = now();
+                    let t = Instant::now().into_std();
                     conn.begin_drain(t, t + grace);
                 }
-                Some(joined) = self.tasks.join_next_with_id(), if !self.tasks.is_empty() => {
-                    let (task_id, outcome) = match joined {
-                        Ok((task_id, (outcome, elapsed))) => {
-                            self.shared.metrics.handler_latency(elapsed);
-                            (task_id, outcome)
-                        }
-                        Err(e) => {
-                            let outcome = if e.is_panic() {
-                                Outcome::Panicked
-                            } else {
-                                Outcome::Failed("handler task cancelled".into())
-                            };
-                            (e.id(), outcome)
-                        }
-                    };
-                    let Some(nid) = self.task_ids.remove(&task_id) else { continue };
-                    self.ack(&mut conn, nid, outcome);
-                    conn.handle_read(now(), &mut rbuf);
+                // outcomes wait while the write buffer is full: their ACKs would pile up past it
+                Some((id, outcome)) = self.rx.recv(), if below_high_water => {
+                    self.ack(&mut conn, id, outcome, Instant::now());
                 }
                 res = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match res {
-                    Ok(n) if n > 0 => self.shared.metrics.bytes_out(n),
-                    Ok(_) => conn.handle_eof(now()),
+                    Ok(n) if n > 0 => {
+                        self.shared.metrics.bytes_out(n);
+                        write_progress = Instant::now();
+                    }
+                    Ok(_) => conn.handle_eof(Instant::now().into_std()),
                     Err(e) => {
                         debug!(error = %e, "write failed");
-                        conn.handle_eof(now());
+                        conn.handle_eof(Instant::now().into_std());
                     }
                 },
                 res = rd.read_buf(&mut rbuf), if can_read => match res {
-                    Ok(0) => conn.handle_eof(now()),
-                    Ok(n) => {
-                        self.shared.metrics.bytes_in(n);
-                        conn.handle_read(now(), &mut rbuf);
-                    }
+                    Ok(0) => conn.handle_eof(Instant::now().into_std()),
+                    Ok(n) => self.shared.metrics.bytes_in(n),
                     Err(e) => {
                         debug!(error = %e, "read failed");
-                        conn.handle_eof(now());
+                        conn.handle_eof(Instant::now().into_std());
                     }
                 },
-                () = sleep_until(deadline), if deadline.is_some() => conn.handle_timeout(now()),
+                // reap finished handler tasks (late ones report nothing)
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
+                () = sleep_until(deadline), if deadline.is_some() => {
+                    conn.handle_timeout(Instant::now().into_std());
+                }
+                () = tokio::time::sleep_until(write_progress + write_timeout), if !wbuf.is_empty() => {
+                    self.shared.metrics.write_timeout();
+                    warn!(pending = wbuf.len(), timeout = ?write_timeout, "peer stopped reading our ACKs; closing");
+                    wbuf.clear();
+                    conn.close(Instant::now().into_std(), StatusCode::TIMEOUT, "write timeout");
+                }
             }
         }
     }
 
-    /// Handles one event.
-    fn on_event(&mut self, conn: &mut AgentConnection, event: Event) -> Step {
+    /// Handles what the state machine has for us, then consumes buffered frames one at a
+    /// time while the write buffer is below its high-water mark, so it never exceeds it by
+    /// more than one ACK. Returns why the connection closed, if it did.
+    fn pump(
+        &mut self,
+        conn: &mut AgentConnection,
+        rbuf: &mut BytesMut,
+        wbuf: &mut BytesMut,
+        now: Instant,
+    ) -> Option<ConnectionError> {
+        let high_water = self.shared.config.write_high_water;
+        let std_now = now.into_std();
+        loop {
+            conn.poll_transmit(wbuf);
+            while let Some(event) = conn.poll_event() {
+                if let Some(why) = self.on_event(conn, event, now) {
+                    conn.poll_transmit(wbuf);
+                    return Some(why);
+                }
+                conn.poll_transmit(wbuf);
+            }
+            if wbuf.len() >= high_water || conn.handle_read_frames(std_now, rbuf, 1) == 0 {
+                return None;
+            }
+        }
+    }
+
+    /// Handles one event; returns why the connection closed, if it did.
+    fn on_event(
+        &mut self,
+        conn: &mut AgentConnection,
+        event: Event,
+        now: Instant,
+    ) -> Option<ConnectionError> {
         match event {
             Event::Established(n) => {
                 tracing::Span::current().record("engine_id", n.engine_id.as_deref().unwrap_or(""));
                 if n.healthcheck {
                     self.shared.metrics.health_check();
                     debug!("health check answered");
-                    return Step::Continue;
+                    return None;
                 }
                 let info = Arc::make_mut(&mut self.info);
                 info.engine_id = n.engine_id.clone();
@@ -263,107 +292,122 @@ impl<H: Handler> Driver<H> {
                 info.pipelining = n.capabilities.pipelining;
                 self.established = true;
                 debug!(max_frame_size = n.max_frame_size, capabilities = %n.capabilities, "handshake done");
-                self.handler.on_connect(&self.info);
+                let (handler, info) = (&self.handler, &self.info);
+                if catch_unwind(AssertUnwindSafe(|| handler.on_connect(info))).is_err() {
+                    self.shared.metrics.hook_panic();
+                    warn!("on_connect panicked");
+                }
             }
             Event::Notify(notify) => {
                 self.shared.metrics.notify();
                 let id = notify.id();
-                if let Some((outcome, elapsed)) = self.start_handler(notify) {
-                    self.shared.metrics.handler_latency(elapsed);
-                    self.ack(conn, id, outcome);
-                    return Step::AckedInline;
+                if let Some(outcome) = self.start_handler(notify, now) {
+                    self.ack(conn, id, outcome, now);
                 }
             }
             Event::FrameSkipped(t) => debug!(frame_type = t.0, "skipped a frame of unknown type"),
-            Event::Closed(why) => return Step::Closed(why),
+            Event::Closed(why) => return Some(why),
             _ => {}
         }
-        Step::Continue
-    }
-
-    /// Starts the handler for `notify`. It is polled once right here: a handler that
-    /// completes without waiting (the common case: in-memory lookups) is answered without a
-    /// task spawn, and its outcome returned. Otherwise it continues on its own task.
-    fn start_handler(&mut self, notify: Notify) -> Option<(Outcome, Duration)> {
-        let nid = notify.id();
-        let req = Request {
-            notify,
-            conn: self.info.clone(),
-        };
-        let handler = self.handler.clone();
-        let limiter = self.shared.limiter.clone();
-        let timeout = self.shared.config.handler_timeout;
-        let task = async move {
-            let start = tokio::time::Instant::now();
-            let work = async {
-                let _permit = match limiter {
-                    Some(l) => l.acquire_owned().await.ok(),
-                    None => None,
-                };
-                handler.handle_notify(req).await
-            };
-            let outcome = match timeout {
-                Some(t) => match tokio::time::timeout(t, work).await {
-                    Ok(Ok(a)) => Outcome::Done(a),
-                    Ok(Err(e)) => Outcome::Failed(e.into()),
-                    Err(_) => Outcome::TimedOut,
-                },
-                None => match work.await {
-                    Ok(a) => Outcome::Done(a),
-                    Err(e) => Outcome::Failed(e.into()),
-                },
-            };
-            (outcome, start.elapsed())
-        };
-        let mut task = Box::pin(task);
-        let mut cx = Context::from_waker(Waker::noop());
-        match catch_unwind(AssertUnwindSafe(|| task.as_mut().poll(&mut cx))) {
-            Ok(Poll::Ready(done)) => return Some(done),
-            Err(_) => return Some((Outcome::Panicked, Duration::ZERO)),
-            Ok(Poll::Pending) => {}
-        }
-        // polled again on its task, with a real waker
-        let handle = self.tasks.spawn(task);
-        self.task_ids.insert(handle.id(), nid);
         None
     }
 
-    fn ack(&self, conn: &mut AgentConnection, id: NotifyId, outcome: Outcome) {
+    /// Starts the handler for `notify`, received at `now`. It is polled once right here
+    /// (unless `inline_first_poll` is off): a handler that completes without waiting (the
+    /// common case: in-memory lookups) is answered without a task spawn, and its outcome
+    /// returned. Otherwise it continues on its own task, raced against its deadline.
+    fn start_handler(&mut self, notify: Notify, now: Instant) -> Option<Outcome> {
+        let id = notify.id();
+        let span = debug_span!("notify", stream_id = id.stream_id, frame_id = id.frame_id);
+        let deadline = now + self.shared.budget;
+        let req = Request::from_runtime(
+            notify,
+            self.info.clone(),
+            deadline,
+            self.shared.background.clone(),
+        );
+        let mut queued = None;
+        let permit = match &self.shared.limiter {
+            None => None,
+            Some(limiter) => match limiter.clone().try_acquire_owned() {
+                Ok(p) => Some(p),
+                Err(_) => {
+                    queued = Some(limiter.clone());
+                    None
+                }
+            },
+        };
+        let handler = self.handler.clone();
+        let mut fut: HandlerFuture = Box::pin(async move {
+            let _permit = permit;
+            handler.handle_notify(req).await.map_err(Into::into)
+        });
+        if queued.is_none() && self.shared.config.inline_first_poll {
+            let _entered = span.enter();
+            let mut cx = Context::from_waker(Waker::noop());
+            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+                Ok(Poll::Ready(res)) => {
+                    self.shared.metrics.handler_latency(now.elapsed());
+                    return Some(Outcome::from(Ok(res)));
+                }
+                Err(_) => return Some(Outcome::Panicked),
+                Ok(Poll::Pending) => {}
+            }
+        }
+        let task = Supervised {
+            id,
+            started: now,
+            deadline,
+            late_limit: self.shared.config.late_limit,
+            late: self.late.clone(),
+            tx: self.tx.clone(),
+            shared: self.shared.clone(),
+        };
+        self.tasks
+            .spawn(task.run(fut, queued).instrument(span));
+        None
+    }
+
+    fn ack(
+        &self,
+        conn: &mut AgentConnection,
+        id: NotifyId,
+        outcome: Outcome,
+        now: Instant,
+    ) {
         let metrics = &self.shared.metrics;
-        let actions = match outcome {
-            Outcome::Done(a) => a,
+        let (actions, reason) = match outcome {
+            Outcome::Done(a) => (a, None),
             Outcome::Panicked => {
                 metrics.handler_panic();
-                warn!(
-                    stream_id = id.stream_id,
-                    frame_id = id.frame_id,
-                    "handler panicked; sending an empty ACK"
-                );
-                self.error_actions()
+                self.log_failure(id, FallbackReason::Panic, None, now);
+                (self.fallback(FallbackReason::Panic), Some(FallbackReason::Panic))
             }
             Outcome::Failed(e) => {
                 metrics.handler_error();
-                warn!(stream_id = id.stream_id, frame_id = id.frame_id, error = %e, "handler failed; sending an empty ACK");
-                self.error_actions()
+                self.log_failure(id, FallbackReason::Error, Some(&e), now);
+                (self.fallback(FallbackReason::Error), Some(FallbackReason::Error))
             }
-            Outcome::TimedOut => {
-                metrics.handler_timeout();
-                warn!(
-                    stream_id = id.stream_id,
-                    frame_id = id.frame_id,
-                    "handler timed out; sending an empty ACK"
-                );
-                self.error_actions()
+            Outcome::Fallback(reason) => {
+                match reason {
+                    FallbackReason::Overload => metrics.handler_overload(),
+                    _ => metrics.handler_timeout(),
+                }
+                self.log_failure(id, reason, None, now);
+                (self.fallback(reason), Some(reason))
             }
         };
-        match conn.send_ack(now(), id, &actions) {
+        let std_now = now.into_std();
+        match conn.send_ack(std_now, id, &actions) {
             Ok(()) => metrics.ack(),
-            Err(AckError::FrameTooLarge { len, max }) => {
-                warn!(
-                    len,
-                    max, "ACK larger than the negotiated frame size; sending an empty ACK"
-                );
-                if conn.send_ack(now(), id, &self.error_actions()).is_ok() {
+            Err(AckError::FrameTooLarge { len, max }) if reason.is_none() => {
+                metrics.ack_too_large();
+                self.log_failure(id, FallbackReason::TooLarge, None, now);
+                debug!(len, max, "ACK larger than the negotiated frame size");
+                if conn
+                    .send_ack(std_now, id, &self.fallback(FallbackReason::TooLarge))
+                    .is_ok()
+                {
                     metrics.ack();
                 }
             }
@@ -372,12 +416,50 @@ impl<H: Handler> Driver<H> {
         }
     }
 
-    fn error_actions(&self) -> Actions {
+    /// The fallback ACK's actions: the error variable, if configured (else nothing, and the
+    /// state machine pads the ACK).
+    fn fallback(&self, reason: FallbackReason) -> Actions {
         let mut a = Actions::new();
         if let Some((scope, name)) = &self.shared.config.error_var {
-            a.set_var(*scope, name, 1i64);
+            a.set_var(*scope, name, reason.code());
         }
         a
+    }
+
+    fn log_failure(&self, id: NotifyId, reason: FallbackReason, error: Option<&BoxError>, now: Instant) {
+        if !self.shared.failures.admit(reason, now) {
+            return;
+        }
+        let (stream_id, frame_id) = (id.stream_id, id.frame_id);
+        let code = reason.code();
+        match (reason, error) {
+            (FallbackReason::Error, Some(e)) => {
+                warn!(stream_id, frame_id, error = %e, code, "handler failed; sent the fallback ACK");
+            }
+            (FallbackReason::Panic, _) => {
+                warn!(stream_id, frame_id, code, "handler panicked; sent the fallback ACK");
+            }
+            (FallbackReason::Timeout, _) => warn!(
+                stream_id,
+                frame_id,
+                code,
+                budget = ?self.shared.budget,
+                "handler ran out of its budget; sent the fallback ACK"
+            ),
+            (FallbackReason::Overload, _) => warn!(
+                stream_id,
+                frame_id,
+                code,
+                "no handler slot free within the budget (handler_concurrency); sent the fallback ACK"
+            ),
+            (FallbackReason::TooLarge, _) => warn!(
+                stream_id,
+                frame_id,
+                code,
+                "the handler's ACK exceeds the negotiated frame size; sent the fallback ACK"
+            ),
+            (FallbackReason::Error, None) => {}
+        }
     }
 
     async fn finish<W: AsyncWrite + Unpin>(
@@ -386,7 +468,13 @@ impl<H: Handler> Driver<H> {
         wbuf: &mut BytesMut,
         why: &ConnectionError,
     ) {
-        self.tasks.abort_all();
+        if !self.tasks.is_empty() {
+            // handlers still running (late ones included) lose their connection
+            let n = self.tasks.len();
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+            debug!(tasks = n, "handler tasks cancelled with the connection");
+        }
         if !wbuf.is_empty() {
             let n = wbuf.len();
             if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all_buf(wbuf)).await {
@@ -412,13 +500,73 @@ impl<H: Handler> Driver<H> {
             _ => debug!(reason = %why, "connection closed"),
         }
         if self.established {
-            self.handler.on_disconnect(&self.info, why);
+            let (handler, info) = (&self.handler, &self.info);
+            if catch_unwind(AssertUnwindSafe(|| handler.on_disconnect(info, why))).is_err() {
+                metrics.hook_panic();
+                warn!("on_disconnect panicked");
+            }
         }
+    }
+}
+
+/// A handler that had to wait, on its own task.
+struct Supervised {
+    id: NotifyId,
+    started: Instant,
+    deadline: Instant,
+    late_limit: Duration,
+    late: Arc<Semaphore>,
+    tx: mpsc::UnboundedSender<(NotifyId, Outcome)>,
+    shared: Arc<Shared>,
+}
+
+impl Supervised {
+    async fn run(self, fut: HandlerFuture, queued: Option<Arc<Semaphore>>) {
+        // Behind the concurrency limit: wait for a slot, but not past the deadline.
+        let _slot: Option<OwnedSemaphorePermit> = match queued {
+            None => None,
+            Some(limiter) => {
+                match tokio::time::timeout_at(self.deadline, limiter.acquire_owned()).await {
+                    Ok(Ok(p)) => Some(p),
+                    _ => {
+                        self.report(Outcome::Fallback(FallbackReason::Overload));
+                        return;
+                    }
+                }
+            }
+        };
+        let mut fut = CatchUnwind::new(fut);
+        tokio::select! {
+            biased;
+            res = &mut fut => {
+                self.shared.metrics.handler_latency(self.started.elapsed());
+                self.report(Outcome::from(res));
+                return;
+            }
+            () = tokio::time::sleep_until(self.deadline) => {}
+        }
+        self.shared.metrics.handler_latency(self.started.elapsed());
+        self.report(Outcome::Fallback(FallbackReason::Timeout));
+        // Past the budget: the ACK is on its way. Let the handler finish if the connection has
+        // a late slot, within the late limit; its result is dropped.
+        let Ok(_late) = self.late.try_acquire() else {
+            self.shared.metrics.handler_cancelled();
+            return;
+        };
+        match tokio::time::timeout_at(self.deadline + self.late_limit, fut).await {
+            Ok(_) => self.shared.metrics.handler_late(),
+            Err(_) => self.shared.metrics.handler_cancelled(),
+        }
+    }
+
+    fn report(&self, outcome: Outcome) {
+        // the connection may be gone; then nobody waits for the ACK
+        let _ = self.tx.send((self.id, outcome));
     }
 }
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(d) = deadline {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
+        tokio::time::sleep_until(d).await;
     }
 }

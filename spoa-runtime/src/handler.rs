@@ -4,8 +4,14 @@ use std::error::Error as StdError;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use spop_proto::{Actions, ConnectionError, Message, Notify, NotifyId};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use crate::background::Background;
+use crate::config::Config;
 
 /// The error type handlers may return: anything convertible to a boxed error.
 pub type BoxError = Box<dyn StdError + Send + Sync>;
@@ -44,7 +50,8 @@ impl ConnInfo {
     }
 }
 
-/// One NOTIFY to handle, with its connection's facts. Owned: it can move across tasks.
+/// One NOTIFY to handle, with its connection's facts, its deadline and the server's
+/// [`Background`] tasks. Owned: it can move across tasks.
 ///
 /// ```
 /// use spoa_runtime::{ConnInfo, Request};
@@ -62,15 +69,101 @@ pub struct Request {
     pub notify: Notify,
     /// The connection it came on.
     pub conn: Arc<ConnInfo>,
+    deadline: Instant,
+    background: Background,
 }
 
 impl Request {
-    /// Wraps a NOTIFY (the runtime does this; tests can too).
+    /// Wraps a NOTIFY (the runtime does this; tests can too). The deadline is the default
+    /// budget from now ([`Config::handler_budget`] of `Config::default()`); background tasks
+    /// go to a set of their own.
     pub fn new(notify: Notify, conn: ConnInfo) -> Self {
         Self {
             notify,
             conn: Arc::new(conn),
+            deadline: Instant::now() + Config::default().handler_budget(),
+            background: Background::new(Config::default().max_background),
         }
+    }
+
+    pub(crate) const fn from_runtime(
+        notify: Notify,
+        conn: Arc<ConnInfo>,
+        deadline: Instant,
+        background: Background,
+    ) -> Self {
+        Self {
+            notify,
+            conn,
+            deadline,
+            background,
+        }
+    }
+
+    /// The same request with another deadline (for tests of deadline-aware handlers).
+    ///
+    /// ```
+    /// use spoa_runtime::{testing, ConnInfo, Request};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let at = tokio::time::Instant::now() + std::time::Duration::from_millis(20);
+    /// let req = Request::new(testing::notify().build(), ConnInfo::for_tests()).with_deadline(at);
+    /// assert_eq!(req.deadline(), at);
+    /// # }
+    /// ```
+    #[must_use]
+    pub const fn with_deadline(mut self, deadline: Instant) -> Self {
+        self.deadline = deadline;
+        self
+    }
+
+    /// When the runtime stops waiting for this handler and answers HAProxy with the fallback
+    /// ACK: the NOTIFY's arrival plus [`Config::handler_budget`]. Use it to bound calls to
+    /// dependencies, e.g. `tokio::time::timeout_at(req.deadline(), lookup(ip))`, so the handler
+    /// can still decide something useful (fail open or closed) before the runtime decides for
+    /// it.
+    ///
+    /// ```
+    /// use spoa_runtime::{handler_fn, Request};
+    /// use spop_proto::{Actions, Scope};
+    ///
+    /// let handler = handler_fn(|req: Request| async move {
+    ///     let lookup = async { 7i64 }; // a call to a dependency
+    ///     let score = tokio::time::timeout_at(req.deadline(), lookup).await.unwrap_or(0); // fail open
+    ///     let mut actions = Actions::new();
+    ///     actions.set_var(Scope::Transaction, "score", score);
+    ///     Ok::<_, std::convert::Infallible>(actions)
+    /// });
+    /// # let _ = handler;
+    /// ```
+    pub const fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left until [`deadline`](Self::deadline) (zero once it has passed).
+    ///
+    /// ```
+    /// use spoa_runtime::{testing, ConnInfo, Request};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let req = Request::new(testing::notify().build(), ConnInfo::for_tests());
+    /// assert!(req.remaining() <= std::time::Duration::from_millis(450));
+    /// # }
+    /// ```
+    pub fn remaining(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// The server's background tasks: work that goes on after the handler returned (and the
+    /// ACK went out). See [`Background`].
+    ///
+    /// ```
+    /// use spoa_runtime::{testing, ConnInfo, Request};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let req = Request::new(testing::notify().build(), ConnInfo::for_tests());
+    /// assert!(req.background().spawn(async { /* ship an event */ }).is_ok());
+    /// # }
+    /// ```
+    pub const fn background(&self) -> &Background {
+        &self.background
     }
 
     /// The NOTIFY's stream-id and frame-id.
@@ -92,9 +185,14 @@ impl Request {
 /// An agent's logic. Implement it for a struct holding your state (shared across
 /// connections: the runtime keeps one `Arc<H>`), or use [`handler_fn`] for a closure.
 ///
-/// Handlers run concurrently, each NOTIFY on its own task. Whatever happens (an `Err`, a
-/// panic, the handler timeout), HAProxy gets an ACK: an empty one (plus the configured error
-/// variable), so it never waits for its processing timeout. The connection keeps serving.
+/// Handlers run concurrently. Each is polled once on its connection's task (unless
+/// [`Config::inline_first_poll`] is off) and, if it has to wait, continues on a task of its own.
+/// Whatever happens (an `Err`, a panic, the budget running out), HAProxy gets an ACK in time:
+/// the fallback ACK, carrying the error variable ([`Config::error_var`], one value per
+/// [`FallbackReason`](crate::FallbackReason)). The connection keeps serving.
+///
+/// Synchronous work before the first `.await` runs on the connection's task and delays its
+/// other NOTIFYs: keep it short, or use [`blocking_fn`] for CPU-heavy or blocking handlers.
 ///
 /// ```
 /// use spoa_runtime::{Handler, Request};
@@ -175,5 +273,102 @@ where
 
     fn handle_notify(&self, req: Request) -> impl Future<Output = Result<Actions, E>> + Send {
         (self.f)(req)
+    }
+}
+
+/// A [`Handler`] that runs a synchronous closure on tokio's blocking thread pool; see
+/// [`blocking_fn`].
+pub struct BlockingFn<F> {
+    f: Arc<F>,
+    slots: Arc<Semaphore>,
+}
+
+impl<F> fmt::Debug for BlockingFn<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BlockingFn")
+            .field("free_threads", &self.slots.available_permits())
+            .finish()
+    }
+}
+
+/// Makes a [`Handler`] from a synchronous closure that is CPU-heavy or blocks (regex sets, rule
+/// engines, a blocking client library). Each call runs on tokio's blocking pool
+/// (`spawn_blocking`), never on a connection's task, so it cannot delay the ACKs of other
+/// NOTIFYs; at most [`max_threads`](BlockingFn::max_threads) run at once (default: the number
+/// of CPUs), so CPU-bound work does not oversubscribe the machine. A NOTIFY waiting for a
+/// thread past its budget gets the fallback ACK like any slow handler.
+///
+/// When to use which:
+/// - async handler (`handler_fn`): in-memory lookups and I/O through async clients. Cheap
+///   synchronous work (microseconds) is fine: it is polled inline, with no task spawn.
+/// - [`blocking_fn`]: anything that takes CPU for more than ~100 µs, or calls blocking code.
+///   Costs a thread hand-off per NOTIFY (a few microseconds).
+/// - [`Config::inline_first_poll`] off: async handlers that do moderate synchronous work
+///   before their first `.await`, on a multi-threaded runtime.
+///
+/// A closure still running at its budget cannot be interrupted (no thread can be): its
+/// NOTIFY is answered with the fallback ACK, and its result is dropped when it ends.
+///
+/// ```
+/// use spoa_runtime::{blocking_fn, Request};
+/// use spop_proto::{Actions, Scope};
+///
+/// let handler = blocking_fn(|req: Request| {
+///     let path = req.message("check").and_then(|m| m.arg("path")).and_then(|v| v.as_str()).unwrap_or("");
+///     let suspicious = path.contains("/../") || path.ends_with(".php"); // imagine a big regex set
+///     let mut actions = Actions::new();
+///     actions.set_var(Scope::Transaction, "suspicious", suspicious);
+///     Ok::<_, std::convert::Infallible>(actions)
+/// })
+/// .max_threads(4);
+/// # let _ = handler;
+/// ```
+pub fn blocking_fn<F, E>(f: F) -> BlockingFn<F>
+where
+    F: Fn(Request) -> Result<Actions, E> + Send + Sync + 'static,
+    E: Into<BoxError> + Send + 'static,
+{
+    let cpus = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    BlockingFn {
+        f: Arc::new(f),
+        slots: Arc::new(Semaphore::new(cpus)),
+    }
+}
+
+impl<F> BlockingFn<F> {
+    /// Most calls running at once (threads of the blocking pool used). At least 1.
+    ///
+    /// ```
+    /// let h = spoa_runtime::blocking_fn(|_req| Ok::<_, std::convert::Infallible>(spop_proto::Actions::new())).max_threads(2);
+    /// # let _ = h;
+    /// ```
+    #[must_use]
+    pub fn max_threads(mut self, n: usize) -> Self {
+        self.slots = Arc::new(Semaphore::new(n.max(1)));
+        self
+    }
+}
+
+impl<F, E> Handler for BlockingFn<F>
+where
+    F: Fn(Request) -> Result<Actions, E> + Send + Sync + 'static,
+    E: Into<BoxError> + Send + 'static,
+{
+    type Error = BoxError;
+
+    async fn handle_notify(&self, req: Request) -> Result<Actions, BoxError> {
+        let slot = self.slots.clone().acquire_owned().await?;
+        let f = self.f.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let _slot = slot; // held until the closure ends, even if nobody waits for it
+            f(req).map_err(Into::into)
+        })
+        .await;
+        match joined {
+            Ok(res) => res,
+            // reported as a handler panic, like the panic of an async handler
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -1,24 +1,32 @@
 //! # spoa-runtime
 //!
 //! Write HAProxy SPOE agents in a few lines: implement [`Handler`] (or pass a closure to
-//! [`handler_fn`]) and hand it to a [`Server`]. The runtime drives the sans-IO
-//! [`spop_proto`] state machine over tokio sockets and takes care of what HAProxy needs:
+//! [`handler_fn`], or a synchronous one to [`blocking_fn`]) and hand it to a [`Server`]. The
+//! runtime drives the sans-IO [`spop_proto`] state machine over tokio sockets and takes care of
+//! what HAProxy needs, safe by default on bad days:
 //!
 //! - handshake, health checks (`option spop-check`), pipelining with out-of-order ACKs;
-//! - an ACK for every NOTIFY, even when the handler fails, panics or times out (HAProxy
-//!   would otherwise wait for its processing timeout);
-//! - backpressure: a per-connection in-flight limit that stops reading the socket, a write
-//!   high-water mark, a connection limit, an optional global handler limit;
-//! - graceful shutdown: stop accepting, finish in-flight work, AGENT-DISCONNECT status 0;
-//! - `tracing` spans per connection and [`Metrics`] (Prometheus text behind the
-//!   `prometheus` feature).
+//! - deadlines that mirror HAProxy's `timeout processing` ([`Config::processing_timeout`],
+//!   default 500 ms): a handler that runs out of its budget (90% of it) is answered for with
+//!   the fallback ACK before HAProxy gives up, its in-flight slot freed at once, so a hung
+//!   dependency never holds up healthy requests; late completions are dropped and counted;
+//! - an ACK for every NOTIFY, with an error variable that tells HAProxy rules what happened
+//!   ([`FallbackReason`]: error, timeout, panic, overload, too large), and never an ACK without
+//!   actions (HAProxy 3.1.0 stalls on those);
+//! - memory bounds: in-flight NOTIFYs per connection, a write high-water mark the buffer never
+//!   exceeds by more than one ACK, a write-progress timeout, a connection limit, an optional
+//!   global handler limit, bounded [`Background`] work after the ACK;
+//! - graceful shutdown: stop accepting, answer in-flight work, AGENT-DISCONNECT status 0,
+//!   drain background tasks; [`Server::serve`] returns once everything has ended;
+//! - `tracing` spans per connection and per NOTIFY, rate-limited failure logs, [`Metrics`]
+//!   (Prometheus text behind the `prometheus` feature).
 //!
 //! ```no_run
 //! use spoa_runtime::{handler_fn, Request, Server};
 //! use spop_proto::{Actions, Scope};
 //!
 //! #[tokio::main]
-//! async fn main() -> std::io::Result<()> {
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
 //!     let handler = handler_fn(|req: Request| async move {
 //!         let mut actions = Actions::new();
 //!         if let Some(ip) = req.message("get-ip-reputation").and_then(|m| m.arg("ip")).and_then(|v| v.as_ip()) {
@@ -28,23 +36,35 @@
 //!     });
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:12345").await?;
 //!     Server::builder()
-//!         .build()
+//!         .build()?
 //!         .serve(listener, handler, async { let _ = tokio::signal::ctrl_c().await; })
 //!         .await;
 //!     Ok(())
 //! }
 //! ```
+//!
+//! The execution model, every default and its reason, and what to do on a bad day:
+//! `docs/bad-days.md` in the repository.
 
+mod background;
 mod config;
 mod connection;
+mod failures;
 mod handler;
 mod metrics;
 mod server;
 pub mod testing;
+mod unwind;
 
-pub use config::Config;
+pub use background::{Background, BackgroundFull};
+pub use config::{
+    Config, ConfigError, DEFAULT_ERROR_VAR, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PROCESSING_TIMEOUT,
+    FallbackReason,
+};
 pub use connection::serve_connection;
-pub use handler::{BoxError, ConnInfo, Handler, HandlerFn, Request, handler_fn};
+pub use handler::{
+    BlockingFn, BoxError, ConnInfo, Handler, HandlerFn, Request, blocking_fn, handler_fn,
+};
 #[cfg(feature = "prometheus")]
 pub use metrics::serve_prometheus;
 pub use metrics::{LATENCY_BUCKETS, Metrics, MetricsSnapshot};

@@ -36,6 +36,16 @@ pub struct Metrics {
     handler_errors: AtomicU64,
     handler_panics: AtomicU64,
     handler_timeouts: AtomicU64,
+    handler_overloads: AtomicU64,
+    acks_too_large: AtomicU64,
+    handler_late: AtomicU64,
+    handler_cancelled: AtomicU64,
+    background_spawned: AtomicU64,
+    background_refused: AtomicU64,
+    background_panics: AtomicU64,
+    background_active: AtomicU64,
+    write_timeouts: AtomicU64,
+    hook_panics: AtomicU64,
     disconnects: [AtomicU64; STATUS_SLOTS],
     disconnects_other: AtomicU64,
     peer_closes: AtomicU64,
@@ -66,8 +76,34 @@ pub struct MetricsSnapshot {
     pub handler_errors: u64,
     /// Handlers that panicked.
     pub handler_panics: u64,
-    /// Handlers abandoned at the handler timeout.
+    /// Handlers answered by the fallback ACK at their budget
+    /// ([`FallbackReason::Timeout`](crate::FallbackReason::Timeout)).
     pub handler_timeouts: u64,
+    /// NOTIFYs answered with [`FallbackReason::Overload`](crate::FallbackReason::Overload): no
+    /// handler slot freed up within the budget.
+    pub handler_overloads: u64,
+    /// Handler ACKs that did not fit the negotiated frame size
+    /// ([`FallbackReason::TooLarge`](crate::FallbackReason::TooLarge)).
+    pub acks_too_large: u64,
+    /// Handlers that completed after their fallback ACK had been sent (result dropped).
+    pub handler_late: u64,
+    /// Handlers cancelled past their budget: at [`Config::late_limit`](crate::Config::late_limit),
+    /// with the connection's late slots full, or when their connection closed.
+    pub handler_cancelled: u64,
+    /// Background tasks started ([`Background::spawn`](crate::Background::spawn)).
+    pub background_spawned: u64,
+    /// Background tasks refused because [`Config::max_background`](crate::Config::max_background)
+    /// were running.
+    pub background_refused: u64,
+    /// Background tasks that panicked.
+    pub background_panics: u64,
+    /// Background tasks running now.
+    pub background_active: u64,
+    /// Connections closed because the peer stopped reading our ACKs
+    /// ([`Config::write_timeout`](crate::Config::write_timeout)).
+    pub write_timeouts: u64,
+    /// Panics caught in `on_connect`/`on_disconnect` hooks.
+    pub hook_panics: u64,
     /// AGENT-DISCONNECT frames sent, by status code.
     pub disconnects: Vec<(StatusCode, u64)>,
     /// Connections closed by the peer (EOF/reset/HAPROXY-DISCONNECT).
@@ -118,6 +154,47 @@ impl Metrics {
         self.handler_timeouts.fetch_add(1, Relaxed);
     }
 
+    pub(crate) fn handler_overload(&self) {
+        self.handler_overloads.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn ack_too_large(&self) {
+        self.acks_too_large.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handler_late(&self) {
+        self.handler_late.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn handler_cancelled(&self) {
+        self.handler_cancelled.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn background_started(&self) {
+        self.background_spawned.fetch_add(1, Relaxed);
+        self.background_active.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn background_ended(&self) {
+        self.background_active.fetch_sub(1, Relaxed);
+    }
+
+    pub(crate) fn background_refused(&self) {
+        self.background_refused.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn background_panic(&self) {
+        self.background_panics.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn write_timeout(&self) {
+        self.write_timeouts.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn hook_panic(&self) {
+        self.hook_panics.fetch_add(1, Relaxed);
+    }
+
     pub(crate) fn peer_close(&self) {
         self.peer_closes.fetch_add(1, Relaxed);
     }
@@ -162,6 +239,16 @@ impl Metrics {
             handler_errors: self.handler_errors.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             handler_timeouts: self.handler_timeouts.load(Relaxed),
+            handler_overloads: self.handler_overloads.load(Relaxed),
+            acks_too_large: self.acks_too_large.load(Relaxed),
+            handler_late: self.handler_late.load(Relaxed),
+            handler_cancelled: self.handler_cancelled.load(Relaxed),
+            background_spawned: self.background_spawned.load(Relaxed),
+            background_refused: self.background_refused.load(Relaxed),
+            background_panics: self.background_panics.load(Relaxed),
+            background_active: self.background_active.load(Relaxed),
+            write_timeouts: self.write_timeouts.load(Relaxed),
+            hook_panics: self.hook_panics.load(Relaxed),
             disconnects,
             peer_closes: self.peer_closes.load(Relaxed),
             handled: self.latency_count.load(Relaxed),
@@ -229,8 +316,68 @@ impl Metrics {
         );
         counter(
             "handler_timeouts_total",
-            "Handlers abandoned at the timeout.",
+            "Handlers answered by the fallback ACK at their budget.",
             s.handler_timeouts,
+            "counter",
+        );
+        counter(
+            "handler_overloads_total",
+            "NOTIFYs shed: no handler slot within the budget.",
+            s.handler_overloads,
+            "counter",
+        );
+        counter(
+            "acks_too_large_total",
+            "Handler ACKs larger than the negotiated frame size.",
+            s.acks_too_large,
+            "counter",
+        );
+        counter(
+            "handler_late_total",
+            "Handlers that completed after their fallback ACK.",
+            s.handler_late,
+            "counter",
+        );
+        counter(
+            "handler_cancelled_total",
+            "Handlers cancelled past their budget.",
+            s.handler_cancelled,
+            "counter",
+        );
+        counter(
+            "background_spawned_total",
+            "Background tasks started.",
+            s.background_spawned,
+            "counter",
+        );
+        counter(
+            "background_refused_total",
+            "Background tasks refused at the limit.",
+            s.background_refused,
+            "counter",
+        );
+        counter(
+            "background_panics_total",
+            "Background tasks that panicked.",
+            s.background_panics,
+            "counter",
+        );
+        counter(
+            "background_active",
+            "Background tasks running.",
+            s.background_active,
+            "gauge",
+        );
+        counter(
+            "write_timeouts_total",
+            "Connections closed because the peer stopped reading.",
+            s.write_timeouts,
+            "counter",
+        );
+        counter(
+            "hook_panics_total",
+            "Panics caught in connect/disconnect hooks.",
+            s.hook_panics,
             "counter",
         );
         counter(

@@ -5,17 +5,32 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use spop_proto::Scope;
+use spop_proto::{AgentConfig, Scope};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, error, info, warn};
 
-use crate::config::Config;
-use crate::connection::{Shared, drive};
+use crate::background::Background;
+use crate::config::{Config, ConfigError};
+use crate::connection::drive;
+use crate::failures::FailureLog;
 use crate::handler::Handler;
 use crate::metrics::Metrics;
+
+/// What every connection of a server shares. One `Arc` per connection.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) config: Config,
+    pub(crate) agent: Arc<AgentConfig>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) limiter: Option<Arc<Semaphore>>,
+    pub(crate) background: Background,
+    pub(crate) failures: FailureLog,
+    /// `config.handler_budget()`, computed once.
+    pub(crate) budget: Duration,
+}
 
 /// A source of connections: implemented for tokio's `TcpListener` and `UnixListener`.
 pub trait Listener: Send {
@@ -56,7 +71,7 @@ impl Listener for tokio::net::UnixListener {
 /// use spoa_runtime::{handler_fn, Request, Server};
 /// use spop_proto::{Actions, Scope};
 ///
-/// # async fn run() -> std::io::Result<()> {
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// let handler = handler_fn(|req: Request| async move {
 ///     let mut actions = Actions::new();
 ///     if let Some(ip) = req.message("get-ip-reputation").and_then(|m| m.arg("ip")).and_then(|v| v.as_ip()) {
@@ -67,19 +82,23 @@ impl Listener for tokio::net::UnixListener {
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:12345").await?;
 /// Server::builder()
 ///     .max_connections(256)
-///     .build()
+///     .build()?
 ///     .serve(listener, handler, async { let _ = tokio::signal::ctrl_c().await; })
 ///     .await;
 /// # Ok(()) }
 /// ```
 #[derive(Debug, Clone)]
 pub struct Server {
-    config: Arc<Config>,
-    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
 }
 
 impl Server {
     /// Starts configuring a server.
+    ///
+    /// ```
+    /// let server = spoa_runtime::Server::builder().build().unwrap();
+    /// assert_eq!(server.config().processing_timeout, std::time::Duration::from_millis(500));
+    /// ```
     pub fn builder() -> ServerBuilder {
         ServerBuilder {
             config: Config::default(),
@@ -87,41 +106,91 @@ impl Server {
         }
     }
 
-    /// A server with this configuration.
-    pub fn new(config: Config) -> Self {
-        Self {
-            config: Arc::new(config),
-            metrics: Arc::new(Metrics::default()),
-        }
+    /// A server with this configuration, refused if it cannot work ([`Config::validate`]).
+    ///
+    /// ```
+    /// let server = spoa_runtime::Server::new(spoa_runtime::Config::default()).unwrap();
+    /// assert_eq!(server.metrics().snapshot().connections_active, 0);
+    /// ```
+    pub fn new(config: Config) -> Result<Self, ConfigError> {
+        Self::with_metrics(config, Arc::new(Metrics::default()))
+    }
+
+    fn with_metrics(config: Config, metrics: Arc<Metrics>) -> Result<Self, ConfigError> {
+        config.validate()?;
+        let limiter = config
+            .handler_concurrency
+            .map(|n| Arc::new(Semaphore::new(n)));
+        let background = Background::with_metrics(config.max_background, metrics.clone());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                agent: Arc::new(config.agent.clone()),
+                budget: config.handler_budget(),
+                config,
+                metrics,
+                limiter,
+                background,
+                failures: FailureLog::default(),
+            }),
+        })
+    }
+
+    pub(crate) const fn shared(&self) -> &Arc<Shared> {
+        &self.shared
     }
 
     /// The server's metrics.
-    pub const fn metrics(&self) -> &Arc<Metrics> {
-        &self.metrics
+    ///
+    /// ```
+    /// let server = spoa_runtime::Server::builder().build().unwrap();
+    /// assert_eq!(server.metrics().snapshot().notifies, 0);
+    /// ```
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
     }
 
     /// The configuration.
+    ///
+    /// ```
+    /// let server = spoa_runtime::Server::builder().max_connections(8).build().unwrap();
+    /// assert_eq!(server.config().max_connections, 8);
+    /// ```
     pub fn config(&self) -> &Config {
-        &self.config
+        &self.shared.config
+    }
+
+    /// The server's background tasks (the same set every [`Request::background`](crate::Request::background) gives).
+    ///
+    /// ```
+    /// let server = spoa_runtime::Server::builder().build().unwrap();
+    /// assert!(server.background().is_empty());
+    /// ```
+    pub fn background(&self) -> &Background {
+        &self.shared.background
     }
 
     /// Accepts and serves connections until `shutdown` completes, then shuts down
-    /// gracefully: stop accepting, let every connection finish its in-flight NOTIFYs and send
-    /// AGENT-DISCONNECT status 0, within [`Config::shutdown_grace`].
+    /// gracefully: stop accepting; let every connection answer its in-flight NOTIFYs (each
+    /// within its budget) and send AGENT-DISCONNECT status 0; let background work finish.
+    /// All of it within [`Config::shutdown_grace`]; what is left then is cancelled. Returns
+    /// only once every connection task and background task has ended.
     pub async fn serve<L, H>(&self, mut listener: L, handler: H, shutdown: impl Future<Output = ()>)
     where
         L: Listener,
         H: Handler,
     {
         let handler = Arc::new(handler);
-        let shared = Shared::new(self.config.clone(), self.metrics.clone());
         let cancel = CancellationToken::new();
-        let tracker = TaskTracker::new();
-        let slots = Arc::new(Semaphore::new(self.config.max_connections.max(1)));
+        let mut conns = JoinSet::new();
+        let slots = Arc::new(Semaphore::new(self.shared.config.max_connections));
         tokio::pin!(shutdown);
         loop {
             let permit = tokio::select! {
                 () = &mut shutdown => break,
+                Some(res) = conns.join_next(), if !conns.is_empty() => {
+                    reaped(res);
+                    continue;
+                }
                 permit = slots.clone().acquire_owned() => match permit {
                     Ok(p) => p,
                     Err(_) => break,
@@ -140,36 +209,68 @@ impl Server {
                 },
             };
             let handler = handler.clone();
-            let shared = shared.clone();
+            let shared = self.shared.clone();
             let token = cancel.child_token();
-            tracker.spawn(async move {
+            conns.spawn(async move {
                 let _permit = permit;
                 drive(io, peer, handler, shared, token).await;
             });
         }
         drop(listener);
-        info!(connections = tracker.len(), "shutting down");
+        let grace = self.shared.config.shutdown_grace;
+        let started = tokio::time::Instant::now();
+        info!(connections = conns.len(), "shutting down");
         cancel.cancel();
-        tracker.close();
-        let limit = self.config.shutdown_grace + Duration::from_secs(3);
-        if tokio::time::timeout(limit, tracker.wait()).await.is_err() {
-            warn!("connections still open after the shutdown grace period");
+        // connections close themselves at the grace (status 2); the margin covers the final
+        // flush of their AGENT-DISCONNECT
+        let limit = started + grace + Duration::from_secs(3);
+        loop {
+            tokio::select! {
+                res = conns.join_next() => match res {
+                    Some(res) => reaped(res),
+                    None => break,
+                },
+                () = tokio::time::sleep_until(limit) => {
+                    warn!(left = conns.len(), "connections still open after the shutdown grace; aborting them");
+                    conns.abort_all();
+                    while conns.join_next().await.is_some() {}
+                    break;
+                }
+            }
+        }
+        let left = grace.saturating_sub(started.elapsed());
+        let cancelled = self.shared.background.drain(left).await;
+        if cancelled > 0 {
+            warn!(cancelled, "background tasks still running after the shutdown grace; cancelled");
         }
     }
 }
 
-/// Builds a [`Server`]; every setter has a sensible default.
+fn reaped(res: Result<(), tokio::task::JoinError>) {
+    match res {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => error!("a connection task panicked (a bug in spoa-runtime)"),
+        Err(e) => debug!(error = %e, "connection task ended"),
+    }
+}
+
+/// Builds a [`Server`]; every setter has a safe default, documented on [`Config`].
+/// [`build`](Self::build) refuses a configuration that cannot work.
 ///
 /// ```
 /// use spoa_runtime::Server;
 /// use std::time::Duration;
 /// let server = Server::builder()
+///     .processing_timeout(Duration::from_millis(200)) // as in the spoe-agent section
 ///     .max_frame_size(65_536)
 ///     .max_in_flight(32)
-///     .handler_timeout(Duration::from_millis(500))
-///     .pad_empty_ack(true)
-///     .build();
-/// assert_eq!(server.config().agent.max_frame_size, 65_536);
+///     .build()
+///     .unwrap();
+/// assert_eq!(server.config().handler_budget(), Duration::from_millis(180));
+///
+/// let err = Server::builder().processing_timeout(Duration::from_millis(200))
+///     .handler_budget(Duration::from_millis(300)).build().unwrap_err();
+/// assert_eq!(err.setting(), "handler_budget");
 /// ```
 #[derive(Debug)]
 pub struct ServerBuilder {
@@ -178,6 +279,41 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
+    /// HAProxy's `timeout processing` for this agent, one to one. Default 500 ms.
+    /// See [`Config::processing_timeout`].
+    pub fn processing_timeout(mut self, t: Duration) -> Self {
+        self.config.processing_timeout = t;
+        self
+    }
+
+    /// Time a handler gets before the fallback ACK. Default: 90% of the processing timeout.
+    /// See [`Config::handler_budget`].
+    pub fn handler_budget(mut self, t: Duration) -> Self {
+        self.config.handler_budget = Some(t);
+        self
+    }
+
+    /// How long a handler past its budget may keep running (result dropped). Default 5 s.
+    /// See [`Config::late_limit`].
+    pub fn late_limit(mut self, t: Duration) -> Self {
+        self.config.late_limit = t;
+        self
+    }
+
+    /// Handlers per connection allowed to run late at once. Default 64.
+    /// See [`Config::max_late`].
+    pub fn max_late(mut self, n: usize) -> Self {
+        self.config.max_late = n;
+        self
+    }
+
+    /// Poll handlers once on the connection's task before spawning them. Default true.
+    /// See [`Config::inline_first_poll`].
+    pub fn inline_first_poll(mut self, on: bool) -> Self {
+        self.config.inline_first_poll = on;
+        self
+    }
+
     /// Largest frame accepted and announced (negotiated down to HAProxy's). Default 16380.
     pub fn max_frame_size(mut self, bytes: u32) -> Self {
         self.config.agent.max_frame_size = bytes;
@@ -196,7 +332,8 @@ impl ServerBuilder {
         self
     }
 
-    /// NOTIFYs in flight per connection before reading pauses. Default 20.
+    /// NOTIFYs in flight per connection before reading pauses. Default 64
+    /// ([`DEFAULT_MAX_IN_FLIGHT`](crate::DEFAULT_MAX_IN_FLIGHT) says why).
     pub fn max_in_flight(mut self, n: usize) -> Self {
         self.config.agent.max_in_flight = n;
         self
@@ -214,15 +351,10 @@ impl ServerBuilder {
         self
     }
 
-    /// Pad empty ACKs with a harmless unset-var (HAProxy 3.1.0 stall). Default false.
+    /// Pad ACKs without actions with a harmless unset-var (HAProxy 3.1.0 stalls on them).
+    /// Default **true**; see [`AgentConfig::pad_empty_ack`].
     pub fn pad_empty_ack(mut self, on: bool) -> Self {
         self.config.agent.pad_empty_ack = on;
-        self
-    }
-
-    /// Abandon handlers after this long (they still get an ACK). Default 5 s.
-    pub fn handler_timeout(mut self, t: Duration) -> Self {
-        self.config.handler_timeout = Some(t);
         self
     }
 
@@ -238,21 +370,40 @@ impl ServerBuilder {
         self
     }
 
-    /// Pause reading a connection while this many bytes wait to be written. Default 64 KiB.
+    /// Pause consuming frames while this many bytes wait to be written. Default 64 KiB.
     pub fn write_high_water(mut self, bytes: usize) -> Self {
         self.config.write_high_water = bytes;
         self
     }
 
-    /// Time allowed for in-flight work at shutdown. Default 10 s.
+    /// Close a connection whose peer accepts none of our bytes for this long. Default 10 s.
+    pub fn write_timeout(mut self, t: Duration) -> Self {
+        self.config.write_timeout = t;
+        self
+    }
+
+    /// Time allowed for in-flight and background work at shutdown. Default 10 s.
     pub fn shutdown_grace(mut self, t: Duration) -> Self {
         self.config.shutdown_grace = t;
         self
     }
 
-    /// Variable set to 1 in the ACK when a handler fails, panics or times out.
+    /// Background tasks allowed at once. Default 1024. See [`Config::max_background`].
+    pub fn max_background(mut self, n: usize) -> Self {
+        self.config.max_background = n;
+        self
+    }
+
+    /// The variable the fallback ACK sets (to a [`FallbackReason`](crate::FallbackReason)
+    /// code). Default `txn.spoa_error`.
     pub fn error_var(mut self, scope: Scope, name: impl Into<String>) -> Self {
         self.config.error_var = Some((scope, name.into()));
+        self
+    }
+
+    /// Send fallback ACKs without the error variable (they stay padded).
+    pub fn no_error_var(mut self) -> Self {
+        self.config.error_var = None;
         self
     }
 
@@ -268,11 +419,8 @@ impl ServerBuilder {
         self
     }
 
-    /// Finishes the server.
-    pub fn build(self) -> Server {
-        Server {
-            config: Arc::new(self.config),
-            metrics: self.metrics.unwrap_or_default(),
-        }
+    /// Finishes the server, or says which setting cannot work and why.
+    pub fn build(self) -> Result<Server, ConfigError> {
+        Server::with_metrics(self.config, self.metrics.unwrap_or_default())
     }
 }

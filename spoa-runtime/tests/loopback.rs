@@ -213,11 +213,17 @@ async fn handler_panic_and_error_are_acked_and_counted() {
     bounded(async {
         for error_var in [false, true] {
             let mut builder = Server::builder();
-            let expected_error: Vec<String> = if error_var {
+            // one value per cause; without the variable, the fallback ACK is only padded
+            let (expected_panic, expected_error): (Vec<String>, Vec<String>) = if error_var {
                 builder = builder.error_var(Scope::Transaction, "agent_error");
-                vec!["set-var txn.agent_error = int64:1".into()]
+                (
+                    vec!["set-var txn.agent_error = int64:3".into()],
+                    vec!["set-var txn.agent_error = int64:1".into()],
+                )
             } else {
-                vec![]
+                builder = builder.no_error_var();
+                let pad = vec!["unset-var txn.spoa_pad_ack".to_string()];
+                (pad.clone(), pad)
             };
             let srv = start(builder, scripted()).await;
             let mut c = Stub::connect(srv.addr).await;
@@ -238,7 +244,7 @@ async fn handler_panic_and_error_are_acked_and_counted() {
                 let (id, actions) = c.recv_ack().await;
                 assert!(acks.insert(id, actions).is_none(), "two ACKs for {id}");
             }
-            assert_eq!(acks[&panics], expected_error, "error_var={error_var}");
+            assert_eq!(acks[&panics], expected_panic, "error_var={error_var}");
             assert_eq!(acks[&fails], expected_error, "error_var={error_var}");
             assert_eq!(acks[&fine], ["set-var txn.i = int64:5"]);
 
@@ -248,7 +254,7 @@ async fn handler_panic_and_error_are_acked_and_counted() {
                 .await;
             assert_eq!(
                 c.recv_ack().await,
-                (NotifyId::new(9, 1), expected_error.clone())
+                (NotifyId::new(9, 1), expected_panic.clone())
             );
             c.roundtrip(11, 1, 11).await;
 
@@ -266,11 +272,17 @@ async fn handler_panic_and_error_are_acked_and_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn slow_handler_gets_empty_ack_at_handler_timeout() {
+async fn slow_handler_gets_fallback_ack_at_its_budget() {
     init_tracing();
     bounded(async {
         let timeout = Duration::from_millis(100);
-        let srv = start(Server::builder().handler_timeout(timeout), scripted()).await;
+        let srv = start(
+            Server::builder()
+                .processing_timeout(Duration::from_millis(150))
+                .handler_budget(timeout),
+            scripted(),
+        )
+        .await;
         let mut c = Stub::connect(srv.addr).await;
         c.handshake().await;
         let (slow, quick) = (NotifyId::new(1, 1), NotifyId::new(3, 1));
@@ -286,8 +298,8 @@ async fn slow_handler_gets_empty_ack_at_handler_timeout() {
         let elapsed = sent.elapsed();
         assert_eq!(
             (id, actions),
-            (slow, vec![]),
-            "an empty ACK for the abandoned handler"
+            (slow, vec!["set-var txn.spoa_error = int64:2".to_string()]),
+            "the fallback ACK for the abandoned handler"
         );
         assert!(
             elapsed >= timeout,
@@ -649,15 +661,22 @@ async fn serve_connection_drains_on_cancel() {
     bounded(async {
         let (agent_side, haproxy_side) = tokio::io::duplex(4096);
         let cancel = CancellationToken::new();
-        let metrics = Arc::new(Metrics::default());
-        let conn = tokio::spawn(serve_connection(
-            agent_side,
-            "duplex".into(),
-            Arc::new(scripted()),
-            Arc::new(Config::default()),
-            metrics.clone(),
-            cancel.clone(),
-        ));
+        let server = Server::new(Config::default()).unwrap();
+        let metrics = server.metrics().clone();
+        let conn = tokio::spawn({
+            let server = server.clone();
+            let cancel = cancel.clone();
+            async move {
+                serve_connection(
+                    agent_side,
+                    "duplex".into(),
+                    Arc::new(scripted()),
+                    &server,
+                    cancel,
+                )
+                .await
+            }
+        });
         let mut c = Stub::new(haproxy_side);
         c.handshake().await;
         let slow = NotifyId::new(1, 1);
@@ -921,7 +940,7 @@ async fn hello_and_idle_timeouts_close_with_status_2() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_ack_is_replaced_by_an_empty_one() {
+async fn oversized_ack_is_replaced_by_the_fallback_ack() {
     init_tracing();
     bounded(async {
         let srv = start(Server::builder(), scripted()).await;
@@ -934,11 +953,18 @@ async fn oversized_ack_is_replaced_by_an_empty_one() {
             .await;
         let (_, actions) = c.recv_ack().await;
         assert_eq!(actions.len(), 2);
-        // does not fit: an empty ACK rather than a frame HAProxy would reject
+        // does not fit: the fallback ACK (code 5) rather than a frame HAProxy would reject
         c.send_notify(&notify_with(NotifyId::new(3, 1), 3, "big", 2000u64))
             .await;
-        assert_eq!(c.recv_ack().await, (NotifyId::new(3, 1), vec![]));
+        assert_eq!(
+            c.recv_ack().await,
+            (
+                NotifyId::new(3, 1),
+                vec!["set-var txn.spoa_error = int64:5".to_string()]
+            )
+        );
         c.roundtrip(5, 1, 5).await;
+        assert_eq!(srv.metrics.snapshot().acks_too_large, 1);
         srv.stop().await;
     })
     .await;

@@ -182,7 +182,10 @@ impl InProcessAgent {
             .build()
             .expect("tokio runtime");
         let handle = rt.handle().clone();
-        let server = builder.shutdown_grace(Duration::from_secs(1)).build();
+        let server = builder
+            .shutdown_grace(Duration::from_secs(1))
+            .build()
+            .expect("valid server configuration");
         let metrics = Arc::clone(server.metrics());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let thread = thread::spawn(move || {

@@ -618,17 +618,20 @@ fn pipelining_flood_without_reading_is_stopped_by_backpressure() {
 // Handlers that never finish
 // ---------------------------------------------------------------------------------------------
 
-/// A handler awaiting forever, `handler_timeout` 200 ms: 100 NOTIFYs over 5 connections all
-/// get an empty ACK, `handler_timeouts` counts 100, and the runtime's live task count returns
-/// to what it was (the abandoned handlers are dropped, not leaked). A second round behaves
-/// the same.
+/// A handler awaiting forever, budget 200 ms: 100 NOTIFYs over 5 connections all get the
+/// fallback ACK (`spoa_error` = 2) at the budget, `handler_timeouts` counts 100, and once the
+/// late limit (300 ms) has passed the runtime's live task count returns to what it was (the
+/// abandoned handlers are cancelled, not leaked). A second round behaves the same.
 #[test]
 fn handlers_that_never_finish_are_abandoned_at_the_timeout() {
     const CONNS: u64 = 5;
     const PER_CONN: u64 = 20; // the default in-flight limit: all 20 are in flight at once
     let timeout = Duration::from_millis(200);
     let agent = InProcessAgent::start(
-        Server::builder().handler_timeout(timeout),
+        Server::builder()
+            .processing_timeout(Duration::from_millis(250))
+            .handler_budget(timeout)
+            .late_limit(Duration::from_millis(300)),
         handler_fn(|_req: Request| async {
             std::future::pending::<Result<Actions, std::convert::Infallible>>().await
         }),
@@ -667,8 +670,10 @@ fn handlers_that_never_finish_are_abandoned_at_the_timeout() {
                     .recv_frame()
                     .unwrap_or_else(|e| panic!("round {round} conn {c}: {e}"));
                 match f.reply {
-                    Reply::Ack(ref a) if a.is_empty() => ids.push(f.header.id()),
-                    _ => panic!("round {round} conn {c}: expected an empty ACK, got {f}"),
+                    Reply::Ack(ref a) if a[..] == ["set-var txn.spoa_error = int64:2"] => {
+                        ids.push(f.header.id());
+                    }
+                    _ => panic!("round {round} conn {c}: expected the fallback ACK, got {f}"),
                 }
             }
             ids.sort();
@@ -689,9 +694,9 @@ fn handlers_that_never_finish_are_abandoned_at_the_timeout() {
             "round {round}: the ACKs took {took:?} (expected from {timeout:?} to {STEP:?})"
         );
         assert_eq!(
-            (m.handler_timeouts, m.acks, m.notifies, m.handled),
-            (n, n, n, n),
-            "round {round}: (handler_timeouts, acks, notifies, handled): {m:?}"
+            (m.handler_timeouts, m.acks, m.notifies, m.handled, m.handler_cancelled),
+            (n, n, n, n, n),
+            "round {round}: (handler_timeouts, acks, notifies, handled, handler_cancelled): {m:?}"
         );
         assert!(
             during <= baseline + (CONNS * PER_CONN) as usize,

@@ -399,7 +399,7 @@ where
     L: Listener + 'static,
     H: Handler,
 {
-    let server: Server = builder.build();
+    let server: Server = builder.build().expect("valid server configuration");
     let metrics = server.metrics().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
