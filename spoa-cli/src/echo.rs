@@ -138,11 +138,15 @@ impl FromStr for Selector {
             "all" if value.is_empty() => Ok(Self::All),
             "share" => match value.parse::<f64>() {
                 Ok(f) if (0.0..=1.0).contains(&f) => Ok(Self::Share(f)),
-                _ => Err(format!("share:{value}: the share must be a number from 0 to 1")),
+                _ => Err(format!(
+                    "share:{value}: the share must be a number from 0 to 1"
+                )),
             },
             "every" => match value.parse::<u64>() {
                 Ok(n) if n >= 1 => Ok(Self::Every(n)),
-                _ => Err(format!("every:{value}: N must be a whole number of at least 1")),
+                _ => Err(format!(
+                    "every:{value}: N must be a whole number of at least 1"
+                )),
             },
             "match" if !value.is_empty() => Ok(Self::Match(value.to_owned())),
             _ => Err(format!(
@@ -204,7 +208,10 @@ struct BadDay {
 impl Handler for BadDay {
     type Error = BoxError;
 
-    fn handle_notify(&self, req: Request) -> impl Future<Output = Result<Actions, BoxError>> + Send {
+    fn handle_notify(
+        &self,
+        req: Request,
+    ) -> impl Future<Output = Result<Actions, BoxError>> + Send {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         let delay = self
             .delay
@@ -323,16 +330,32 @@ mod tests {
         assert_eq!("every:3".parse(), Ok(Selector::Every(3)));
         assert_eq!("share:0.25".parse(), Ok(Selector::Share(0.25)));
         assert_eq!("match:/slow".parse(), Ok(Selector::Match("/slow".into())));
-        for bad in ["every:0", "share:2", "share:x", "match:", "sometimes", "all:1"] {
+        for bad in [
+            "every:0",
+            "share:2",
+            "share:x",
+            "match:",
+            "sometimes",
+            "all:1",
+        ] {
             assert!(bad.parse::<Selector>().is_err(), "{bad}");
         }
         let r = req("/a/slow/b");
         assert!(Selector::Match("/slow".into()).selects(1, &r));
         assert!(!Selector::Match("/fast".into()).selects(1, &r));
-        let every: Vec<u64> = (1..=9).filter(|n| Selector::Every(3).selects(*n, &r)).collect();
+        let every: Vec<u64> = (1..=9)
+            .filter(|n| Selector::Every(3).selects(*n, &r))
+            .collect();
         assert_eq!(every, [3, 6, 9]);
-        let share = (1..=10_000).filter(|n| Selector::Share(0.1).selects(*n, &r)).count();
+        let share = (1..=10_000)
+            .filter(|n| Selector::Share(0.1).selects(*n, &r))
+            .count();
         assert!((800..1200).contains(&share), "{share}");
-        assert_eq!((1..=100).filter(|n| Selector::Share(0.0).selects(*n, &r)).count(), 0);
+        assert_eq!(
+            (1..=100)
+                .filter(|n| Selector::Share(0.0).selects(*n, &r))
+                .count(),
+            0
+        );
     }
 }

@@ -208,7 +208,10 @@ impl Config {
         ];
         for (setting, value) in zero_limits {
             if value == 0 {
-                return err(setting, "must be at least 1: zero would serve nothing".into());
+                return err(
+                    setting,
+                    "must be at least 1: zero would serve nothing".into(),
+                );
             }
         }
         if self.write_timeout.is_zero() {
@@ -386,11 +389,15 @@ mod tests {
     #[test]
     fn impossible_settings_are_refused_by_name() {
         let cases: [(&str, fn(&mut Config)); 10] = [
-            ("processing_timeout", |c| c.processing_timeout = Duration::ZERO),
+            ("processing_timeout", |c| {
+                c.processing_timeout = Duration::ZERO
+            }),
             ("handler_budget", |c| {
                 c.handler_budget = Some(Duration::from_millis(500));
             }),
-            ("handler_budget", |c| c.handler_budget = Some(Duration::ZERO)),
+            ("handler_budget", |c| {
+                c.handler_budget = Some(Duration::ZERO)
+            }),
             ("max_frame_size", |c| c.agent.max_frame_size = 100),
             ("max_in_flight", |c| c.agent.max_in_flight = 0),
             ("max_connections", |c| c.max_connections = 0),
@@ -406,7 +413,10 @@ mod tests {
             change(&mut c);
             let e = c.validate().unwrap_err();
             assert_eq!(e.setting(), setting, "{e}");
-            assert!(e.to_string().starts_with(&format!("invalid setting {setting}: ")));
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("invalid setting {setting}: "))
+            );
         }
         // a budget just below the processing timeout is fine
         let mut c = Config::default();

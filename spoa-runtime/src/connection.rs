@@ -134,9 +134,23 @@ struct Driver<H> {
     info: Arc<ConnInfo>,
     established: bool,
     tasks: JoinSet<()>,
+    /// Made at the first handler that has to wait: connections whose handlers all complete
+    /// inline (and idle ones) never allocate it.
+    spawned: Option<Spawned>,
+}
+
+/// How handler tasks report back, and the connection's late slots.
+struct Spawned {
     tx: mpsc::UnboundedSender<(NotifyId, Outcome)>,
     rx: mpsc::UnboundedReceiver<(NotifyId, Outcome)>,
     late: Arc<Semaphore>,
+}
+
+async fn recv(spawned: &mut Option<Spawned>) -> Option<(NotifyId, Outcome)> {
+    match spawned {
+        Some(s) => s.rx.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl<H: Handler> Driver<H> {
@@ -148,17 +162,13 @@ impl<H: Handler> Driver<H> {
             max_frame_size: 0,
             pipelining: false,
         };
-        let (tx, rx) = mpsc::unbounded_channel();
-        let late = Arc::new(Semaphore::new(shared.config.max_late));
         Self {
             handler,
             shared,
             info: Arc::new(info),
             established: false,
             tasks: JoinSet::new(),
-            tx,
-            rx,
-            late,
+            spawned: None,
         }
     }
 
@@ -207,7 +217,7 @@ impl<H: Handler> Driver<H> {
                     conn.begin_drain(t, t + grace);
                 }
                 // outcomes wait while the write buffer is full: their ACKs would pile up past it
-                Some((id, outcome)) = self.rx.recv(), if below_high_water => {
+                Some((id, outcome)) = recv(&mut self.spawned), if below_high_water && self.spawned.is_some() => {
                     self.ack(&mut conn, id, outcome, Instant::now());
                 }
                 res = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match res {
@@ -354,39 +364,47 @@ impl<H: Handler> Driver<H> {
                 Ok(Poll::Pending) => {}
             }
         }
+        let max_late = self.shared.config.max_late;
+        let spawned = self.spawned.get_or_insert_with(|| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            Spawned {
+                tx,
+                rx,
+                late: Arc::new(Semaphore::new(max_late)),
+            }
+        });
         let task = Supervised {
             id,
             started: now,
             deadline,
             late_limit: self.shared.config.late_limit,
-            late: self.late.clone(),
-            tx: self.tx.clone(),
+            late: spawned.late.clone(),
+            tx: spawned.tx.clone(),
             shared: self.shared.clone(),
         };
-        self.tasks
-            .spawn(task.run(fut, queued).instrument(span));
+        self.tasks.spawn(task.run(fut, queued).instrument(span));
         None
     }
 
-    fn ack(
-        &self,
-        conn: &mut AgentConnection,
-        id: NotifyId,
-        outcome: Outcome,
-        now: Instant,
-    ) {
+    fn ack(&self, conn: &mut AgentConnection, id: NotifyId, outcome: Outcome, now: Instant) {
         let metrics = &self.shared.metrics;
         let (actions, reason) = match outcome {
             Outcome::Done(a) => (a, None),
             Outcome::Panicked => {
                 metrics.handler_panic();
                 self.log_failure(id, FallbackReason::Panic, None, now);
-                (self.fallback(FallbackReason::Panic), Some(FallbackReason::Panic))
+                (
+                    self.fallback(FallbackReason::Panic),
+                    Some(FallbackReason::Panic),
+                )
             }
             Outcome::Failed(e) => {
                 metrics.handler_error();
                 self.log_failure(id, FallbackReason::Error, Some(&e), now);
-                (self.fallback(FallbackReason::Error), Some(FallbackReason::Error))
+                (
+                    self.fallback(FallbackReason::Error),
+                    Some(FallbackReason::Error),
+                )
             }
             Outcome::Fallback(reason) => {
                 match reason {
@@ -426,7 +444,13 @@ impl<H: Handler> Driver<H> {
         a
     }
 
-    fn log_failure(&self, id: NotifyId, reason: FallbackReason, error: Option<&BoxError>, now: Instant) {
+    fn log_failure(
+        &self,
+        id: NotifyId,
+        reason: FallbackReason,
+        error: Option<&BoxError>,
+        now: Instant,
+    ) {
         if !self.shared.failures.admit(reason, now) {
             return;
         }
@@ -437,7 +461,10 @@ impl<H: Handler> Driver<H> {
                 warn!(stream_id, frame_id, error = %e, code, "handler failed; sent the fallback ACK");
             }
             (FallbackReason::Panic, _) => {
-                warn!(stream_id, frame_id, code, "handler panicked; sent the fallback ACK");
+                warn!(
+                    stream_id,
+                    frame_id, code, "handler panicked; sent the fallback ACK"
+                );
             }
             (FallbackReason::Timeout, _) => warn!(
                 stream_id,

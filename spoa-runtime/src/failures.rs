@@ -50,7 +50,9 @@ impl FailureLog {
     /// when a new window starts with failures suppressed in the last one.
     pub(crate) fn admit(&self, reason: FallbackReason, now: Instant) -> bool {
         let mut w = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let expired = w.start.is_none_or(|s| now.duration_since(s) >= LOG_INTERVAL);
+        let expired = w
+            .start
+            .is_none_or(|s| now.duration_since(s) >= LOG_INTERVAL);
         if expired {
             let total: u64 = w.suppressed.iter().sum();
             if total > 0 {

@@ -241,7 +241,10 @@ impl Server {
         let left = grace.saturating_sub(started.elapsed());
         let cancelled = self.shared.background.drain(left).await;
         if cancelled > 0 {
-            warn!(cancelled, "background tasks still running after the shutdown grace; cancelled");
+            warn!(
+                cancelled,
+                "background tasks still running after the shutdown grace; cancelled"
+            );
         }
     }
 }

@@ -687,6 +687,20 @@ impl HaproxyConfig {
     }
 }
 
+impl HaproxyConfig {
+    /// The brownout scenario: `haproxy-brownout.cfg.in` + `spoe-brownout.conf.in`. Message
+    /// `check` sends `path=path` under `timeout processing 500ms`; the reply body is
+    /// `path=<txn.bo.path> agent_error=<txn.bo.spoa_error> spoe_error=<txn.bo.error>\n`.
+    pub fn brownout(agent_addr: SocketAddr, pipelining: bool) -> Self {
+        Self {
+            cfg_template: "haproxy-brownout.cfg.in",
+            spoe_template: "spoe-brownout.conf.in",
+            agent_addr,
+            pipelining,
+        }
+    }
+}
+
 /// One server line of `show stat`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerStat {

@@ -694,7 +694,13 @@ fn handlers_that_never_finish_are_abandoned_at_the_timeout() {
             "round {round}: the ACKs took {took:?} (expected from {timeout:?} to {STEP:?})"
         );
         assert_eq!(
-            (m.handler_timeouts, m.acks, m.notifies, m.handled, m.handler_cancelled),
+            (
+                m.handler_timeouts,
+                m.acks,
+                m.notifies,
+                m.handled,
+                m.handler_cancelled
+            ),
             (n, n, n, n, n),
             "round {round}: (handler_timeouts, acks, notifies, handled, handler_cancelled): {m:?}"
         );

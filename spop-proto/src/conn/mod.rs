@@ -193,7 +193,8 @@ impl AgentConnection {
             state: State::AwaitingHello,
             decoder: FrameDecoder::new(own_max),
             negotiated: None,
-            in_flight: HashMap::with_capacity(limit),
+            // grows on demand: idle connections should hold almost nothing
+            in_flight: HashMap::with_capacity(limit.min(8)),
             in_flight_count: 0,
             out: BytesMut::new(),
             events: VecDeque::with_capacity(4),
