@@ -137,6 +137,8 @@ struct Driver<H> {
     /// Made at the first handler that has to wait: connections whose handlers all complete
     /// inline (and idle ones) never allocate it.
     spawned: Option<Spawned>,
+    /// The peer stopped reading: nothing more is written, not even AGENT-DISCONNECT.
+    write_stalled: bool,
 }
 
 /// How handler tasks report back, and the connection's late slots.
@@ -169,6 +171,7 @@ impl<H: Handler> Driver<H> {
             established: false,
             tasks: JoinSet::new(),
             spawned: None,
+            write_stalled: false,
         }
     }
 
@@ -248,6 +251,7 @@ impl<H: Handler> Driver<H> {
                     self.shared.metrics.write_timeout();
                     warn!(pending = wbuf.len(), timeout = ?write_timeout, "peer stopped reading our ACKs; closing");
                     wbuf.clear();
+                    self.write_stalled = true;
                     conn.close(Instant::now().into_std(), StatusCode::TIMEOUT, "write timeout");
                 }
             }
@@ -502,13 +506,15 @@ impl<H: Handler> Driver<H> {
             while self.tasks.join_next().await.is_some() {}
             debug!(tasks = n, "handler tasks cancelled with the connection");
         }
-        if !wbuf.is_empty() {
+        if !wbuf.is_empty() && !self.write_stalled {
             let n = wbuf.len();
             if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all_buf(wbuf)).await {
                 self.shared.metrics.bytes_out(n);
             }
         }
-        let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
+        if !self.write_stalled {
+            let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
+        }
         let metrics = &self.shared.metrics;
         if matches!(
             why,
