@@ -6,8 +6,9 @@
 //! Each test measures, against the same HAProxy and agent, a baseline phase (healthy load
 //! only) and a brownout phase (the same healthy load plus clients requesting `/hang/...`
 //! back to back). Healthy requests must be unaffected: at least 99.9% answered with the
-//! agent's variables, and their p99 within [`P99_SLACK`] of the baseline's p99. Hung requests
-//! must get the agent's fallback ACK (`agent_error=2`) before HAProxy gives up.
+//! agent's variables, their p99 within [`P99_SLACK`] and p99.9 within [`P999_SLACK`] of the
+//! baseline's, their throughput at least [`MIN_THROUGHPUT_SHARE`] of it. Hung requests must
+//! get the agent's fallback ACK (`agent_error=2`) before HAProxy gives up.
 //!
 //! `SPOA_BROWNOUT_AGENT_ARGS` (space-separated) adds `spoa echo` options, to reproduce other
 //! settings, e.g. the runtime's former defaults: `--processing-timeout 5500ms --max-in-flight 20
@@ -31,6 +32,11 @@ const HANGING_CLIENTS: usize = 8;
 const BASELINE: Duration = Duration::from_secs(3);
 /// How much the healthy p99 may rise over the baseline's.
 const P99_SLACK: Duration = Duration::from_millis(10);
+/// How much the healthy p99.9 may rise over the baseline's (stalls behind a hung NOTIFY last
+/// up to HAProxy's 500 ms processing timeout).
+const P999_SLACK: Duration = Duration::from_millis(50);
+/// Healthy throughput during the brownout, at least this share of the baseline's.
+const MIN_THROUGHPUT_SHARE: f64 = 0.75;
 const CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
@@ -70,7 +76,7 @@ impl Phase {
     fn summary(&self, secs: f64) -> String {
         format!(
             "healthy: {} answered by the agent, {} not ({:.3}%), {:.0} req/s, mean {:.2?}, p50 \
-             {:.2?}, p99 {:.2?}, max {:.2?}; hanging: {} fallback ACKs (agent_error=2), {} other",
+             {:.2?}, p99 {:.2?}, p99.9 {:.2?}, max {:.2?}; hanging: {} fallback ACKs (agent_error=2), {} other",
             self.ok.len(),
             self.bad.len(),
             100.0 * self.healthy_share(),
@@ -78,6 +84,7 @@ impl Phase {
             self.mean(),
             self.p(0.5),
             self.p(0.99),
+            self.p(0.999),
             self.p(1.0),
             self.hung_fallback,
             self.hung_other.len()
@@ -218,6 +225,19 @@ fn brownout(series: &str) {
     if brown.p(0.99) > base.p(0.99) + P99_SLACK {
         fail(
             &format!("healthy p99 rose by more than {P99_SLACK:?} during the brownout"),
+            &brown.bad,
+        );
+    }
+    if brown.p(0.999) > base.p(0.999) + P999_SLACK {
+        fail(
+            &format!("healthy p99.9 rose by more than {P999_SLACK:?} during the brownout"),
+            &brown.bad,
+        );
+    }
+    let rate = |p: &Phase, d: Duration| p.ok.len() as f64 / d.as_secs_f64();
+    if rate(&brown, brownout_len) < MIN_THROUGHPUT_SHARE * rate(&base, BASELINE) {
+        fail(
+            &format!("healthy throughput fell below {MIN_THROUGHPUT_SHARE} of the baseline's"),
             &brown.bad,
         );
     }
