@@ -389,6 +389,82 @@ fn echo_pad_empty_ack() {
     );
 }
 
+/// `spoa echo` plays bad days: `--fail error|panic` and `--delay` on selected NOTIFYs; the
+/// runtime answers them with the fallback ACK, whose `spoa_error` says why.
+#[test]
+fn echo_bad_day_options() {
+    let client = |agent: &Agent, path: &str| {
+        let out = spoa(&[
+            "client",
+            "--connect",
+            &agent.addr,
+            "--message",
+            "m",
+            "--arg",
+            &format!("path=str:{path}"),
+        ]);
+        assert!(out.ok(), "{out:?}");
+        out.stdout
+    };
+    let agent = Agent::start(&[
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--fail",
+        "error",
+        "--fail-which",
+        "match:/bad",
+    ]);
+    assert!(client(&agent, "/good").contains("  set-var txn.path = str:\"/good\"\n"));
+    assert!(client(&agent, "/x/bad").contains("  set-var txn.spoa_error = int64:1\n"));
+    let agent = Agent::start(&[
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--fail",
+        "panic",
+        "--error-var",
+        "why",
+    ]);
+    assert!(client(&agent, "/any").contains("  set-var txn.why = int64:3\n"));
+    let agent = Agent::start(&[
+        "echo",
+        "--listen",
+        "127.0.0.1:0",
+        "--processing-timeout",
+        "100ms",
+        "--delay",
+        "5s",
+        "--delay-which",
+        "every:2",
+    ]);
+    assert!(client(&agent, "/1").contains("set-var txn.path"));
+    let started = std::time::Instant::now();
+    assert!(client(&agent, "/2").contains("  set-var txn.spoa_error = int64:2\n"));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the fallback ACK waited for the delay"
+    );
+}
+
+/// Settings that cannot work are refused before listening, naming the setting.
+#[test]
+fn echo_refuses_impossible_settings() {
+    for (args, setting) in [
+        (&["--handler-budget", "600ms"][..], "handler_budget"),
+        (&["--max-in-flight", "0"][..], "max_in_flight"),
+        (&["--error-var", "spoa-error"][..], "error_var"),
+        (&["--delay-which", "every:2"][..], "--delay"),
+        (&["--delay", "1s", "--delay-which", "often"][..], "often"),
+    ] {
+        let mut all = vec!["echo", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let out = spoa(&all);
+        assert!(!out.ok(), "{args:?}: {out:?}");
+        assert!(out.stderr.contains(setting), "{args:?}: {out:?}");
+    }
+}
+
 #[test]
 fn client_rejects_bad_arguments() {
     let out = spoa(&[
