@@ -29,7 +29,7 @@ use crate::net::AnyListener;
 ///
 /// Deadlines: set --processing-timeout to the `timeout processing` of the spoe-agent section
 /// (default 500ms, as in the configs we ship). A NOTIFY still unanswered at 90% of it gets the
-/// fallback ACK, which sets txn.<prefix>.spoa_error (1 handler error, 2 timeout, 3 panic,
+/// fallback ACK, which sets `txn.<prefix>.spoa_error` (1 handler error, 2 timeout, 3 panic,
 /// 4 overload, 5 ACK too large).
 ///
 /// Bad days on demand, for tests and demos (like the processing delay of HAProxy's example

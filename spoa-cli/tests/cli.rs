@@ -439,7 +439,7 @@ fn echo_bad_day_options() {
         "every:2",
     ]);
     assert!(client(&agent, "/1").contains("set-var txn.path"));
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     assert!(client(&agent, "/2").contains("  set-var txn.spoa_error = int64:2\n"));
     assert!(
         started.elapsed() < Duration::from_secs(4),

@@ -388,7 +388,8 @@ mod tests {
 
     #[test]
     fn impossible_settings_are_refused_by_name() {
-        let cases: [(&str, fn(&mut Config)); 10] = [
+        type Change = fn(&mut Config);
+        let cases: [(&str, Change); 10] = [
             ("processing_timeout", |c| {
                 c.processing_timeout = Duration::ZERO
             }),
@@ -419,8 +420,10 @@ mod tests {
             );
         }
         // a budget just below the processing timeout is fine
-        let mut c = Config::default();
-        c.handler_budget = Some(Duration::from_millis(499));
+        let c = Config {
+            handler_budget: Some(Duration::from_millis(499)),
+            ..Config::default()
+        };
         c.validate().unwrap();
     }
 }

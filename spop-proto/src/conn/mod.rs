@@ -183,10 +183,10 @@ pub struct AgentConnection {
 impl AgentConnection {
     /// A new connection at `now`; arms the hello timer.
     pub fn new(config: Arc<AgentConfig>, now: Instant) -> Self {
+        // before the handshake only a HELLO is expected: a small frame
         let own_max = config
             .max_frame_size
-            .max(MIN_MAX_FRAME_SIZE)
-            .min(PRE_HANDSHAKE_MAX_FRAME_SIZE);
+            .clamp(MIN_MAX_FRAME_SIZE, PRE_HANDSHAKE_MAX_FRAME_SIZE);
         let hello_deadline = config.hello_timeout.map(|t| now + t);
         let limit = config.max_in_flight.max(1);
         Self {

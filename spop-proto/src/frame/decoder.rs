@@ -12,7 +12,6 @@ const RESERVE_STEP: usize = 8 * 1024;
 
 /// A frame split off a byte slice: its header, its payload, and the bytes it took
 /// (length prefix included).
-
 pub type SplitFrame<'a> = (FrameHeader, &'a [u8], usize);
 
 /// Splits the first whole frame off `buf` without copying.
