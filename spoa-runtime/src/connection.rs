@@ -35,8 +35,10 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long the final frames (AGENT-DISCONNECT) may take to write after a close.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
-/// Read buffer: the usual reservation, and the capacity above which an emptied buffer is
-/// released rather than kept.
+/// Read buffer: a new connection starts with a small one (HAProxy's HELLO is about 150 bytes,
+/// 3.x NOTIFYs arrive one per read), which grows to the usual reservation once a read fills
+/// it; a buffer that grew above `KEEP_CAPACITY` is released once empty.
+const SMALL_READ: usize = 512;
 const READ_CHUNK: usize = 8 * 1024;
 const KEEP_CAPACITY: usize = 64 * 1024;
 
@@ -182,7 +184,9 @@ impl<H: Handler> Driver<H> {
         let (mut rd, mut wr) = tokio::io::split(io);
         let start = Instant::now();
         let mut conn = AgentConnection::new(self.shared.agent.clone(), start.into_std());
-        let mut rbuf = BytesMut::with_capacity(READ_CHUNK);
+        let mut rbuf = BytesMut::with_capacity(SMALL_READ);
+        // how much to reserve before a read: grows when a read fills the buffer
+        let mut read_hint = SMALL_READ;
         let mut wbuf = BytesMut::new();
         let high_water = self.shared.config.write_high_water;
         let write_timeout = self.shared.config.write_timeout;
@@ -204,12 +208,13 @@ impl<H: Handler> Driver<H> {
             }
             let below_high_water = wbuf.len() < high_water;
             let can_read = conn.wants_read() && below_high_water;
-            if can_read && rbuf.capacity() - rbuf.len() < 1024 {
+            if can_read && rbuf.capacity() - rbuf.len() < read_hint / 2 {
                 if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
                     rbuf = BytesMut::new();
                 }
-                rbuf.reserve(READ_CHUNK);
+                rbuf.reserve(read_hint);
             }
+            let spare = rbuf.capacity() - rbuf.len();
             let deadline = conn.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 biased;
@@ -236,7 +241,12 @@ impl<H: Handler> Driver<H> {
                 },
                 res = rd.read_buf(&mut rbuf), if can_read => match res {
                     Ok(0) => conn.handle_eof(Instant::now().into_std()),
-                    Ok(n) => self.shared.metrics.bytes_in(n),
+                    Ok(n) => {
+                        self.shared.metrics.bytes_in(n);
+                        if n == spare {
+                            read_hint = READ_CHUNK;
+                        }
+                    }
                     Err(e) => {
                         debug!(error = %e, "read failed");
                         conn.handle_eof(Instant::now().into_std());

@@ -45,10 +45,10 @@ const IDLE_CONNECTIONS: usize = 10_000;
 /// 1 s, 2 s, 3 s (10,000 connections took 11 to 19 s instead of about 2 s).
 const BATCH: usize = 100;
 /// Bound on the agent's RSS growth per idle connection, in KiB. Measured (debug build, 2
-/// cores): 7.7 to 7.8 KiB per connection, 84 MiB RSS in all with 10,000 connections (8.3 MiB
-/// before). The bulk is the 8 KiB read buffer each connection keeps while idle; the bound
-/// leaves ~50 % margin.
-const MAX_KIB_PER_IDLE_CONNECTION: u64 = 12;
+/// cores): 3.3 KiB per connection, 41 MiB RSS in all with 10,000 connections (8.7 MiB
+/// before): the connection task (~1.2 KiB of future), a 512-byte read buffer, the state
+/// machine and the socket's registration. The bound leaves ~50 % margin.
+const MAX_KIB_PER_IDLE_CONNECTION: u64 = 5;
 /// Bound on the agent's total RSS with 10,000 idle connections, in MiB (measured 84).
 const MAX_RSS_MIB_AT_10K: u64 = 128;
 

@@ -188,16 +188,15 @@ impl AgentConnection {
             .max_frame_size
             .clamp(MIN_MAX_FRAME_SIZE, PRE_HANDSHAKE_MAX_FRAME_SIZE);
         let hello_deadline = config.hello_timeout.map(|t| now + t);
-        let limit = config.max_in_flight.max(1);
         Self {
             state: State::AwaitingHello,
             decoder: FrameDecoder::new(own_max),
             negotiated: None,
-            // grows on demand: idle connections should hold almost nothing
-            in_flight: HashMap::with_capacity(limit.min(8)),
+            // allocated at the first NOTIFY: idle connections should hold almost nothing
+            in_flight: HashMap::new(),
             in_flight_count: 0,
             out: BytesMut::new(),
-            events: VecDeque::with_capacity(4),
+            events: VecDeque::new(),
             hello_deadline,
             idle_deadline: None,
             reassembly: None,
