@@ -115,12 +115,17 @@ pub(crate) fn add_message(builder: &mut NotifyBuilder, message: &str, args: &[Ar
 pub(crate) enum Addr {
     Tcp(String),
     Unix(PathBuf),
+    /// `systemd`: the first listening socket passed by socket activation (`LISTEN_FDS`).
+    Inherited,
 }
 
 impl FromStr for Addr {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, String> {
+        if s == "systemd" {
+            return Ok(Self::Inherited);
+        }
         if let Some(path) = s.strip_prefix("unix:") {
             if path.is_empty() {
                 return Err("empty Unix socket path".into());
@@ -146,6 +151,7 @@ impl fmt::Display for Addr {
         match self {
             Self::Tcp(a) => f.write_str(a),
             Self::Unix(p) => write!(f, "unix:{}", p.display()),
+            Self::Inherited => f.write_str("systemd"),
         }
     }
 }

@@ -11,7 +11,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use spoa_runtime::{
-    BoxError, DEFAULT_ERROR_VAR, DEFAULT_MAX_IN_FLIGHT, Handler, Request, Server, handler_fn,
+    BoxError, DEFAULT_ERROR_VAR, DEFAULT_MAX_IN_FLIGHT, Handler, LameDuck, Request, Server,
+    handler_fn,
 };
 use spop_proto::frame::DEFAULT_MAX_FRAME_SIZE;
 use spop_proto::{Actions, Scope, TypedData};
@@ -24,8 +25,17 @@ use crate::net::AnyListener;
 /// argument (unnamed ones: `arg0`, `arg1`... by position in the message) holding the same
 /// typed value. HAProxy reads it as `var(<scope>.<var-prefix>.<name>)`.
 ///
-/// Prints `listening on ADDR` to stderr once bound; Ctrl-C or SIGTERM shut down gracefully.
-/// Logs go to stderr, filtered by RUST_LOG (default `info`).
+/// Prints `listening on ADDR` to stderr once bound. Logs go to stderr, filtered by RUST_LOG
+/// (default `info`).
+///
+/// Stopping (SIGTERM or Ctrl-C) loses no request: first a lame-duck period (--lame-duck,
+/// default 7s, skipped when HAProxy has no connection open) during which every connection is
+/// served while HAProxy's health checks are refused, so it marks the server DOWN (choose the
+/// period from the backend's `check inter` and `fall`: at least fall x inter plus one inter);
+/// with --reuse-port the port is released at once instead, for a new instance started on the
+/// same address. Then the drain: each connection answers what still arrives and closes once
+/// quiet. A second signal stops at once. `--listen systemd` serves the socket passed by
+/// systemd socket activation (LISTEN_FDS).
 ///
 /// Deadlines: set --processing-timeout to the `timeout processing` of the spoe-agent section
 /// (default 500ms, as in the configs we ship). A NOTIFY still unanswered at 90% of it gets the
@@ -41,9 +51,20 @@ use crate::net::AnyListener;
 #[derive(Debug, clap::Args)]
 pub(crate) struct EchoArgs {
     /// Listen address: host:port (port 0 picks one), or a Unix socket (unix:/path or any path
-    /// with a '/'; a stale socket file is removed).
+    /// with a '/'; a stale socket file is removed), or `systemd` for the socket passed by
+    /// socket activation.
     #[arg(long, value_name = "ADDR")]
     listen: Addr,
+    /// Set SO_REUSEPORT, so a new instance can listen on the same port before this one stops
+    /// (hot upgrade); stopping then releases the port first instead of refusing health checks.
+    #[arg(long)]
+    reuse_port: bool,
+    /// Lame-duck period when stopping (see above); `0s` skips it.
+    #[arg(long, default_value = "7s", value_parser = crate::args::parse_duration)]
+    lame_duck: Duration,
+    /// While draining, close a connection once nothing arrived on it for this long.
+    #[arg(long, default_value = "1s", value_parser = crate::args::parse_duration)]
+    drain_quiet: Duration,
     /// Variable scope: proc, sess, txn, req or res.
     #[arg(long, default_value = "txn")]
     scope: Scope,
@@ -244,7 +265,12 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         .max_connections(args.max_connections)
         .hello_timeout(Some(args.hello_timeout))
         .processing_timeout(args.processing_timeout)
+        .lame_duck(args.lame_duck)
+        .drain_quiet(args.drain_quiet)
         .error_var(Scope::Transaction, args.error_var.clone());
+    if args.reuse_port {
+        builder = builder.lame_duck_mode(LameDuck::ReleasePort);
+    }
     if let Some(b) = args.handler_budget {
         builder = builder.handler_budget(b);
     }
@@ -254,8 +280,8 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
     let server = builder
         .build()
         .map_err(|e| anyhow::anyhow!("{e} (spoa echo: see --help)"))?;
-    let shutdown = crate::shutdown_signal()?;
-    let listener = AnyListener::bind(&args.listen).await?;
+    let (shutdown, second) = crate::shutdown_signals()?;
+    let listener = AnyListener::bind_opts(&args.listen, args.reuse_port).await?;
     let scope = args.scope;
     let unix_path = listener.unix_path();
     eprintln!("listening on {}", listener.local_addr());
@@ -275,12 +301,18 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
             count: AtomicU64::new(0),
         };
         info!(delay = ?args.delay, delay_which = ?args.delay_which, fail = ?args.fail, fail_which = ?args.fail_which, "bad-day options on");
-        serve(&server, listener, handler, shutdown).await;
+        tokio::select! {
+            () = serve(&server, listener, handler, shutdown) => {}
+            () = second => info!("second signal: stopping now"),
+        }
     } else {
         let handler = handler_fn(move |req: Request| -> Ready<Result<Actions, Infallible>> {
             std::future::ready(Ok(echo_actions(&req, scope)))
         });
-        serve(&server, listener, handler, shutdown).await;
+        tokio::select! {
+            () = serve(&server, listener, handler, shutdown) => {}
+            () = second => info!("second signal: stopping now"),
+        }
     }
     if let Some(p) = unix_path {
         let _ = std::fs::remove_file(p);
@@ -308,7 +340,9 @@ async fn serve<H: Handler>(
 ) {
     match listener {
         AnyListener::Tcp(l) => server.serve(l, handler, shutdown).await,
-        AnyListener::Unix(l, _) => server.serve(l, handler, shutdown).await,
+        AnyListener::Unix(l, _) | AnyListener::UnixInherited(l, _) => {
+            server.serve(l, handler, shutdown).await;
+        }
     }
 }
 

@@ -115,6 +115,41 @@ fn init_logging() {
 
 /// Completes on the first SIGINT (Ctrl-C) or SIGTERM. Must be called inside the runtime; the
 /// handlers are installed before it returns.
+/// The first SIGTERM/SIGINT (graceful shutdown), and the one after it (stop now).
+pub(crate) fn shutdown_signals() -> anyhow::Result<(
+    impl Future<Output = ()> + Send + 'static,
+    impl Future<Output = ()> + Send + 'static,
+)> {
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let first = async move {
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM received: shutting down (a second signal stops at once)"),
+            _ = int.recv() => info!("SIGINT received: shutting down (a second signal stops at once)"),
+        }
+        // listen for the second one from now on
+        let _ = tx.send(());
+    };
+    let second = async move {
+        if rx.await.is_err() {
+            return std::future::pending().await;
+        }
+        // registered after the first signal, which would otherwise count again
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    };
+    Ok((first, second))
+}
+
 pub(crate) fn shutdown_signal() -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;

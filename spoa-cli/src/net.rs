@@ -33,6 +33,10 @@ pub(crate) async fn connect(addr: &Addr) -> io::Result<Stream> {
             Ok(Stream::Tcp(s))
         }
         Addr::Unix(p) => Ok(Stream::Unix(UnixStream::connect(p).await?)),
+        Addr::Inherited => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "`systemd` is a listening address (socket activation), not one to connect to",
+        )),
     }
 }
 
@@ -81,22 +85,16 @@ impl AsyncWrite for Stream {
 pub(crate) enum AnyListener {
     Tcp(TcpListener),
     Unix(UnixListener, PathBuf),
+    /// A Unix listener passed by systemd: its file is systemd's, never removed by us.
+    UnixInherited(UnixListener, PathBuf),
 }
 
-/// Listen backlog: HAProxy opens connections in bursts (one per thread, more under load);
-/// the OS default of 128 overflows and the kernel then drops SYNs (1 s client retries).
-const BACKLOG: u32 = 1024;
-
-async fn bind_tcp(addr: &str) -> io::Result<TcpListener> {
+/// Binds the first address `addr` resolves to that works (backlog 1024, `SO_REUSEADDR`, and
+/// `SO_REUSEPORT` when asked: see `spoa_runtime::bind_tcp`).
+async fn bind_tcp(addr: &str, reuse_port: bool) -> io::Result<TcpListener> {
     let mut last = None;
     for sa in tokio::net::lookup_host(addr).await? {
-        let socket = if sa.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()?
-        } else {
-            tokio::net::TcpSocket::new_v6()?
-        };
-        socket.set_reuseaddr(true)?;
-        match socket.bind(sa).and_then(|()| socket.listen(BACKLOG)) {
+        match spoa_runtime::bind_tcp(sa, reuse_port) {
             Ok(l) => return Ok(l),
             Err(e) => last = Some(e),
         }
@@ -108,12 +106,40 @@ impl AnyListener {
     /// Binds `addr`. For a Unix socket, a stale socket file (nobody accepting) is removed
     /// first; a live one, or a file that is not a socket, is an error.
     pub(crate) async fn bind(addr: &Addr) -> anyhow::Result<Self> {
+        Self::bind_opts(addr, false).await
+    }
+
+    /// Like [`Self::bind`]; `reuse_port` sets `SO_REUSEPORT` on a TCP listener. `systemd`
+    /// takes the first socket passed by socket activation.
+    pub(crate) async fn bind_opts(addr: &Addr, reuse_port: bool) -> anyhow::Result<Self> {
         match addr {
             Addr::Tcp(a) => Ok(Self::Tcp(
-                bind_tcp(a)
+                bind_tcp(a, reuse_port)
                     .await
                     .with_context(|| format!("cannot listen on {a}"))?,
             )),
+            Addr::Inherited => {
+                let mut all = spoa_runtime::inherited_listeners()
+                    .context("cannot take the sockets passed by systemd")?;
+                if all.is_empty() {
+                    anyhow::bail!(
+                        "--listen systemd: no socket was passed (LISTEN_FDS is not set for this \
+                         process); start it from a systemd .socket unit, or listen on an address"
+                    );
+                }
+                match all.remove(0) {
+                    spoa_runtime::Inherited::Tcp(l) => Ok(Self::Tcp(l)),
+                    spoa_runtime::Inherited::Unix(l) => {
+                        let path = l
+                            .local_addr()
+                            .ok()
+                            .and_then(|a| a.as_pathname().map(Path::to_path_buf))
+                            .unwrap_or_default();
+                        Ok(Self::UnixInherited(l, path))
+                    }
+                    _ => anyhow::bail!("--listen systemd: the passed socket is of an unknown kind"),
+                }
+            }
             Addr::Unix(p) => {
                 remove_stale_socket(p)?;
                 let l = UnixListener::bind(p)
@@ -130,14 +156,14 @@ impl AnyListener {
             Self::Tcp(l) => l
                 .local_addr()
                 .map_or_else(|_| "?".into(), |a| a.to_string()),
-            Self::Unix(_, p) => format!("unix:{}", p.display()),
+            Self::Unix(_, p) | Self::UnixInherited(_, p) => format!("unix:{}", p.display()),
         }
     }
 
     /// The socket file to remove after serving, if any.
     pub(crate) fn unix_path(&self) -> Option<PathBuf> {
         match self {
-            Self::Tcp(_) => None,
+            Self::Tcp(_) | Self::UnixInherited(..) => None,
             Self::Unix(_, p) => Some(p.clone()),
         }
     }

@@ -77,7 +77,9 @@ enum Accepted {
 async fn accept(l: &AnyListener) -> std::io::Result<Accepted> {
     match l {
         AnyListener::Tcp(l) => Ok(Accepted::Tcp(l.accept().await?.0)),
-        AnyListener::Unix(l, _) => Ok(Accepted::Unix(l.accept().await?.0)),
+        AnyListener::Unix(l, _) | AnyListener::UnixInherited(l, _) => {
+            Ok(Accepted::Unix(l.accept().await?.0))
+        }
     }
 }
 

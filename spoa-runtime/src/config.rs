@@ -87,8 +87,23 @@ pub struct Config {
     /// this long. Default 10 s: HAProxy reads continuously, so a peer that stops for that
     /// long is gone or wedged, and its buffers are better freed.
     pub write_timeout: Duration,
-    /// How long a graceful shutdown lets in-flight handlers and background work finish.
-    /// Default 10 s.
+    /// The first phase of a graceful shutdown: keep serving every connection normally while
+    /// HAProxy's health checks take the server out of rotation (see [`LameDuck`] for how),
+    /// so no request is sent to an agent that is about to close. Choose it from the
+    /// backend's check settings: at least `fall` × `inter` plus one `inter`. Default 7 s:
+    /// HAProxy's own defaults (`inter 2s`, `fall 3`) need 6 s; the configurations we ship
+    /// (`inter 1s fall 2`) need 2 s. Skipped when no data connection is open (HAProxy is not
+    /// using the agent). `Duration::ZERO` skips it.
+    pub lame_duck: Duration,
+    /// What the lame-duck phase does to take the server out of rotation. Default
+    /// [`LameDuck::FailHealthChecks`].
+    pub lame_duck_mode: LameDuck,
+    /// During the drain (after the lame duck), a connection closes (AGENT-DISCONNECT status
+    /// 0) once nothing is in flight on it and no frame has arrived for this long; NOTIFYs
+    /// that still arrive are answered. Default 1 s.
+    pub drain_quiet: Duration,
+    /// How long the drain lets connections and background work finish; then what is left is
+    /// answered within one budget and closed. Default 10 s.
     pub shutdown_grace: Duration,
     /// Work spawned after the ACK ([`Background`](crate::Background)) allowed at once across
     /// the server; beyond it a spawn is refused and counted. Default 1024.
@@ -132,6 +147,9 @@ impl Default for Config {
             handler_concurrency: None,
             write_high_water: 64 * 1024,
             write_timeout: Duration::from_secs(10),
+            lame_duck: Duration::from_secs(7),
+            lame_duck_mode: LameDuck::FailHealthChecks,
+            drain_quiet: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             max_background: 1024,
             error_var: Some((Scope::Transaction, DEFAULT_ERROR_VAR.to_owned())),
@@ -243,6 +261,29 @@ pub(crate) fn var_name_problem(name: &str) -> Option<String> {
         ));
     }
     None
+}
+
+/// How a server in its lame-duck phase ([`Config::lame_duck`]) gets HAProxy to stop sending it
+/// work.
+///
+/// ```
+/// use spoa_runtime::{LameDuck, Server};
+/// // a new instance already listens on the same port (SO_REUSEPORT): hand it the port
+/// let server = Server::builder().lame_duck_mode(LameDuck::ReleasePort).build().unwrap();
+/// assert_eq!(server.config().lame_duck_mode, LameDuck::ReleasePort);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LameDuck {
+    /// Keep accepting connections (HAProxy may still need new ones) but answer health-check
+    /// HELLOs with AGENT-DISCONNECT, so `option spop-check` fails and HAProxy marks the
+    /// server DOWN after `fall` checks and sends its work to the other servers. For rolling
+    /// restarts of several agent servers.
+    FailHealthChecks,
+    /// Stop listening at once, so that another instance bound to the same port
+    /// (`SO_REUSEPORT`) gets every new connection and health check, and the server stays
+    /// UP; established connections keep being served. For hot upgrades on one address.
+    ReleasePort,
 }
 
 /// A configuration that cannot work: which setting, and why.

@@ -191,12 +191,19 @@ impl<H: Handler> Driver<H> {
         let high_water = self.shared.config.write_high_water;
         let write_timeout = self.shared.config.write_timeout;
         let grace = self.shared.config.shutdown_grace;
-        let mut draining = false;
+        let quiet = self.shared.config.drain_quiet;
+        // Some(when the drain started) once cancelled; then the connection keeps answering
+        // what arrives, and closes once quiet (or at the grace)
+        let mut draining: Option<Instant> = None;
+        let mut last_frame = start;
         // when the peer last accepted bytes, or when output started waiting
         let mut write_progress = start;
         loop {
             let now = Instant::now();
-            if let Some(why) = self.pump(&mut conn, &mut rbuf, &mut wbuf, now) {
+            if !self.established && self.shared.lame_duck.load(Ordering::Relaxed) {
+                conn.refuse_health_checks();
+            }
+            if let Some(why) = self.pump(&mut conn, &mut rbuf, &mut wbuf, now, &mut last_frame) {
                 self.finish(&mut wr, &mut wbuf, &why).await;
                 return why;
             }
@@ -215,15 +222,40 @@ impl<H: Handler> Driver<H> {
                 rbuf.reserve(read_hint);
             }
             let spare = rbuf.capacity() - rbuf.len();
+            // the drain: close once nothing is in flight and nothing arrived for `quiet`; at the
+            // grace, stop reading and answer what is in flight within one budget
+            let mut drain_wake = None;
+            if let Some(since) = draining {
+                if !conn.is_draining() && !conn.is_closed() {
+                    let hard = since + grace.saturating_sub(self.shared.budget);
+                    let t = now.into_std();
+                    if conn.in_flight() == 0 && now >= last_frame + quiet {
+                        debug!("quiet: closing");
+                        conn.begin_drain(t, t + self.shared.budget);
+                        continue;
+                    } else if now >= hard {
+                        debug!(
+                            in_flight = conn.in_flight(),
+                            "drain grace over: answering what is in flight, then closing"
+                        );
+                        conn.begin_drain(t, t + self.shared.budget);
+                        continue;
+                    }
+                    drain_wake = Some(
+                        (last_frame + quiet)
+                            .max(now + Duration::from_millis(1))
+                            .min(hard),
+                    );
+                }
+            }
             let deadline = conn.poll_timeout().map(Instant::from_std);
             tokio::select! {
                 biased;
-                () = cancel.cancelled(), if !draining => {
-                    draining = true;
+                () = cancel.cancelled(), if draining.is_none() => {
                     debug!(in_flight = conn.in_flight(), "draining");
-                    let t = Instant::now().into_std();
-                    conn.begin_drain(t, t + grace);
+                    draining = Some(Instant::now());
                 }
+                () = sleep_until(drain_wake), if drain_wake.is_some() => {}
                 // outcomes wait while the write buffer is full: their ACKs would pile up past it
                 Some((id, outcome)) = recv(&mut self.spawned), if below_high_water && self.spawned.is_some() => {
                     self.ack(&mut conn, id, outcome, Instant::now());
@@ -277,6 +309,7 @@ impl<H: Handler> Driver<H> {
         rbuf: &mut BytesMut,
         wbuf: &mut BytesMut,
         now: Instant,
+        last_frame: &mut Instant,
     ) -> Option<ConnectionError> {
         let high_water = self.shared.config.write_high_water;
         let std_now = now.into_std();
@@ -292,6 +325,7 @@ impl<H: Handler> Driver<H> {
             if wbuf.len() >= high_water || conn.handle_read_frames(std_now, rbuf, 1) == 0 {
                 return None;
             }
+            *last_frame = now;
         }
     }
 
@@ -315,6 +349,7 @@ impl<H: Handler> Driver<H> {
                 info.max_frame_size = n.max_frame_size;
                 info.pipelining = n.capabilities.pipelining;
                 self.established = true;
+                self.shared.data_connections.fetch_add(1, Ordering::Relaxed);
                 debug!(max_frame_size = n.max_frame_size, capabilities = %n.capabilities, "handshake done");
                 let (handler, info) = (&self.handler, &self.info);
                 if catch_unwind(AssertUnwindSafe(|| handler.on_connect(info))).is_err() {
@@ -543,6 +578,7 @@ impl<H: Handler> Driver<H> {
             _ => debug!(reason = %why, "connection closed"),
         }
         if self.established {
+            self.shared.data_connections.fetch_sub(1, Ordering::Relaxed);
             let (handler, info) = (&self.handler, &self.info);
             if catch_unwind(AssertUnwindSafe(|| handler.on_disconnect(info, why))).is_err() {
                 metrics.hook_panic();

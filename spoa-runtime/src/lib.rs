@@ -51,6 +51,7 @@ mod config;
 mod connection;
 mod failures;
 mod handler;
+mod listen;
 mod metrics;
 mod server;
 pub mod testing;
@@ -59,12 +60,13 @@ mod unwind;
 pub use background::{Background, BackgroundFull};
 pub use config::{
     Config, ConfigError, DEFAULT_ERROR_VAR, DEFAULT_MAX_IN_FLIGHT, DEFAULT_PROCESSING_TIMEOUT,
-    FallbackReason,
+    FallbackReason, LameDuck,
 };
 pub use connection::serve_connection;
 pub use handler::{
     BlockingFn, BoxError, ConnInfo, Handler, HandlerFn, Request, blocking_fn, handler_fn,
 };
+pub use listen::{Inherited, LISTEN_BACKLOG, bind_tcp, inherited_listeners};
 #[cfg(feature = "prometheus")]
 pub use metrics::serve_prometheus;
 pub use metrics::{LATENCY_BUCKETS, Metrics, MetricsSnapshot};

@@ -3,6 +3,7 @@
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use spop_proto::{AgentConfig, Scope};
@@ -13,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
 use crate::background::Background;
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, LameDuck};
 use crate::connection::drive;
 use crate::failures::FailureLog;
 use crate::handler::Handler;
@@ -30,6 +31,10 @@ pub(crate) struct Shared {
     pub(crate) failures: FailureLog,
     /// `config.handler_budget()`, computed once.
     pub(crate) budget: Duration,
+    /// Set during the lame-duck phase: health checks are refused.
+    pub(crate) lame_duck: AtomicBool,
+    /// Handshaken connections that are not health checks.
+    pub(crate) data_connections: AtomicUsize,
 }
 
 /// A source of connections: implemented for tokio's `TcpListener` and `UnixListener`.
@@ -131,6 +136,8 @@ impl Server {
                 limiter,
                 background,
                 failures: FailureLog::default(),
+                lame_duck: AtomicBool::new(false),
+                data_connections: AtomicUsize::new(0),
             }),
         })
     }
@@ -169,11 +176,19 @@ impl Server {
         &self.shared.background
     }
 
-    /// Accepts and serves connections until `shutdown` completes, then shuts down
-    /// gracefully: stop accepting; let every connection answer its in-flight NOTIFYs (each
-    /// within its budget) and send AGENT-DISCONNECT status 0; let background work finish.
-    /// All of it within [`Config::shutdown_grace`]; what is left then is cancelled. Returns
-    /// only once every connection task and background task has ended.
+    /// Accepts and serves connections until `shutdown` completes, then shuts down without
+    /// losing a request:
+    ///
+    /// 1. lame duck ([`Config::lame_duck`], skipped when no data connection is open): every
+    ///    connection is served as usual while HAProxy takes the server out of rotation,
+    ///    either because its health checks are refused or because the port was handed to
+    ///    another instance ([`LameDuck`]);
+    /// 2. drain: stop accepting; each connection keeps answering what arrives and closes with
+    ///    AGENT-DISCONNECT status 0 once it is quiet ([`Config::drain_quiet`]); background
+    ///    work finishes. All within [`Config::shutdown_grace`], after which the rest is
+    ///    answered within one budget and closed, and background tasks are cancelled.
+    ///
+    /// Returns only once every connection task and background task has ended.
     pub async fn serve<L, H>(&self, mut listener: L, handler: H, shutdown: impl Future<Output = ()>)
     where
         L: Listener,
@@ -184,9 +199,22 @@ impl Server {
         let mut conns = JoinSet::new();
         let slots = Arc::new(Semaphore::new(self.shared.config.max_connections));
         tokio::pin!(shutdown);
+        // None while serving; Some(end of the lame duck) once `shutdown` has completed
+        let mut lame_until: Option<tokio::time::Instant> = None;
+        let release_port = self.shared.config.lame_duck_mode == LameDuck::ReleasePort;
         loop {
             let permit = tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown, if lame_until.is_none() => match self.begin_lame_duck() {
+                    Some(until) if !release_port => {
+                        lame_until = Some(until);
+                        continue;
+                    }
+                    until => {
+                        lame_until = until;
+                        break;
+                    }
+                },
+                () = sleep_until_opt(lame_until), if lame_until.is_some() => break,
                 Some(res) = conns.join_next(), if !conns.is_empty() => {
                     reaped(res);
                     continue;
@@ -197,7 +225,18 @@ impl Server {
                 },
             };
             let (io, peer) = tokio::select! {
-                () = &mut shutdown => break,
+                () = &mut shutdown, if lame_until.is_none() => match self.begin_lame_duck() {
+                    Some(until) if !release_port => {
+                        lame_until = Some(until);
+                        drop(permit);
+                        continue;
+                    }
+                    until => {
+                        lame_until = until;
+                        break;
+                    }
+                },
+                () = sleep_until_opt(lame_until), if lame_until.is_some() => break,
                 res = listener.accept() => match res {
                     Ok(v) => v,
                     Err(e) => {
@@ -217,9 +256,18 @@ impl Server {
             });
         }
         drop(listener);
+        if let (Some(until), true) = (lame_until, release_port) {
+            // the port is someone else's now; established connections are still served
+            loop {
+                tokio::select! {
+                    Some(res) = conns.join_next(), if !conns.is_empty() => reaped(res),
+                    () = tokio::time::sleep_until(until) => break,
+                }
+            }
+        }
         let grace = self.shared.config.shutdown_grace;
         let started = tokio::time::Instant::now();
-        info!(connections = conns.len(), "shutting down");
+        info!(connections = conns.len(), "draining");
         cancel.cancel();
         // connections close themselves at the grace (status 2); the margin covers the final
         // flush of their AGENT-DISCONNECT
@@ -246,6 +294,32 @@ impl Server {
                 "background tasks still running after the shutdown grace; cancelled"
             );
         }
+    }
+}
+
+impl Server {
+    /// Starts the lame-duck phase, unless it is off or no data connection is open; returns
+    /// when it ends.
+    fn begin_lame_duck(&self) -> Option<tokio::time::Instant> {
+        let lame = self.shared.config.lame_duck;
+        let open = self.shared.data_connections.load(Ordering::Relaxed);
+        if lame.is_zero() || open == 0 {
+            info!("shutting down");
+            return None;
+        }
+        let mode = self.shared.config.lame_duck_mode;
+        info!(connections = open, lame_duck = ?lame, ?mode, "shutting down: lame duck");
+        if mode == LameDuck::FailHealthChecks {
+            self.shared.lame_duck.store(true, Ordering::Relaxed);
+        }
+        Some(tokio::time::Instant::now() + lame)
+    }
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -382,6 +456,25 @@ impl ServerBuilder {
     /// Close a connection whose peer accepts none of our bytes for this long. Default 10 s.
     pub fn write_timeout(mut self, t: Duration) -> Self {
         self.config.write_timeout = t;
+        self
+    }
+
+    /// The lame-duck phase of a graceful shutdown. Default 7 s. See [`Config::lame_duck`].
+    pub fn lame_duck(mut self, t: Duration) -> Self {
+        self.config.lame_duck = t;
+        self
+    }
+
+    /// How the lame-duck phase takes the server out of rotation. See [`LameDuck`].
+    pub fn lame_duck_mode(mut self, mode: LameDuck) -> Self {
+        self.config.lame_duck_mode = mode;
+        self
+    }
+
+    /// Quiet time after which a draining connection closes. Default 1 s.
+    /// See [`Config::drain_quiet`].
+    pub fn drain_quiet(mut self, t: Duration) -> Self {
+        self.config.drain_quiet = t;
         self
     }
 

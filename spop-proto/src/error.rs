@@ -219,6 +219,10 @@ pub enum ConnectionError {
     /// A health-check HELLO was answered; the connection is done.
     #[error("health check answered")]
     HealthCheck,
+    /// A health-check HELLO was refused (AGENT-DISCONNECT status 0 instead of AGENT-HELLO),
+    /// because the agent is shutting down: HAProxy counts a failed check.
+    #[error("health check refused (shutting down)")]
+    HealthCheckRefused,
 }
 
 impl ConnectionError {
@@ -230,6 +234,7 @@ impl ConnectionError {
             Self::PeerDisconnected { .. } => Some(StatusCode::NORMAL),
             Self::TimedOut(_) => Some(StatusCode::TIMEOUT),
             Self::LocallyClosed(s) => Some(*s),
+            Self::HealthCheckRefused => Some(StatusCode::NORMAL),
             Self::Eof { .. } | Self::HealthCheck => None,
         }
     }
@@ -241,7 +246,7 @@ impl ConnectionError {
             Self::Eof { clean } => !clean,
             Self::PeerDisconnected { status, .. } => *status != StatusCode::NORMAL,
             Self::LocallyClosed(s) => *s != StatusCode::NORMAL,
-            Self::HealthCheck => false,
+            Self::HealthCheck | Self::HealthCheckRefused => false,
             Self::Decode(_) | Self::Protocol(_) | Self::TimedOut(_) => true,
         }
     }

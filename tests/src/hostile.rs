@@ -184,6 +184,7 @@ impl InProcessAgent {
         let handle = rt.handle().clone();
         let server = builder
             .shutdown_grace(Duration::from_secs(1))
+            .lame_duck(Duration::ZERO)
             .build()
             .expect("valid server configuration");
         let metrics = Arc::clone(server.metrics());

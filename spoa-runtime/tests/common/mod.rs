@@ -399,7 +399,13 @@ where
     L: Listener + 'static,
     H: Handler,
 {
-    let server: Server = builder.build().expect("valid server configuration");
+    // no lame duck and a short quiet time: these tests stop servers with connections open
+    // and expect the drain at once (the lame duck has tests of its own, tests/lame_duck.rs)
+    let server: Server = builder
+        .lame_duck(Duration::ZERO)
+        .drain_quiet(Duration::from_millis(100))
+        .build()
+        .expect("valid server configuration");
     let metrics = server.metrics().clone();
     let (tx, rx) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {

@@ -178,6 +178,7 @@ pub struct AgentConnection {
     idle_deadline: Option<Instant>,
     reassembly: Option<Reassembly>,
     partial: bool,
+    refuse_health_checks: bool,
 }
 
 impl AgentConnection {
@@ -201,6 +202,7 @@ impl AgentConnection {
             idle_deadline: None,
             reassembly: None,
             partial: false,
+            refuse_health_checks: false,
             config,
         }
     }
@@ -365,6 +367,31 @@ impl AgentConnection {
         }
     }
 
+    /// From now on, answer a health-check HELLO with AGENT-DISCONNECT status 0 ("shutting
+    /// down") instead of AGENT-HELLO, so HAProxy's `option spop-check` fails and marks the
+    /// server DOWN; other HELLOs are served as usual. An agent calls it on the connections it
+    /// accepts while it is about to stop (lame duck).
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Instant};
+    /// use bytes::BytesMut;
+    /// use spop_proto::{AgentConfig, AgentConnection, ConnectionError, Event, frame::HaproxyHello};
+    ///
+    /// let now = Instant::now();
+    /// let mut conn = AgentConnection::new(Arc::new(AgentConfig::default()), now);
+    /// conn.refuse_health_checks();
+    /// let mut rbuf = BytesMut::new();
+    /// HaproxyHello::healthcheck().encode(&mut rbuf);
+    /// conn.handle_read(now, &mut rbuf);
+    /// let mut out = BytesMut::new();
+    /// conn.poll_transmit(&mut out);
+    /// assert_eq!(out[4], 102); // AGENT-DISCONNECT, not AGENT-HELLO (101)
+    /// assert_eq!(conn.poll_event(), Some(Event::Closed(ConnectionError::HealthCheckRefused)));
+    /// ```
+    pub fn refuse_health_checks(&mut self) {
+        self.refuse_health_checks = true;
+    }
+
     // ---- outputs -----------------------------------------------------------------------
 
     /// Appends every queued frame to `out`; returns the number of bytes appended. Frames are
@@ -492,6 +519,10 @@ impl AgentConnection {
                 check_zero_ids(&h)?;
                 let hello = HaproxyHello::parse(&frame.payload)?;
                 let negotiated = handshake::negotiate(&hello, &self.config)?;
+                if negotiated.healthcheck && self.refuse_health_checks {
+                    self.finish(ConnectionError::HealthCheckRefused, "shutting down");
+                    return Ok(());
+                }
                 AgentHello::new(
                     negotiated.max_frame_size,
                     &negotiated.capabilities.to_string(),
