@@ -442,10 +442,10 @@ fn ack<'a>(
         let name = s.text();
         if b & 1 == 0 {
             let value = s.value();
-            actions.set_var(scope, &name, value);
+            actions.set_var_unchecked(scope, &name, value);
             model.push(ActionModel::Set(scope, name, value));
         } else {
-            actions.unset_var(scope, &name);
+            actions.unset_var_unchecked(scope, &name);
             model.push(ActionModel::Unset(scope, name));
         }
     }
