@@ -224,7 +224,8 @@ enum Keys {
 struct MapAccess<'a> {
     msg: Message<'a>,
     keys: Keys,
-    current: Option<&'a str>,
+    /// The argument of the key just returned (its name and first value).
+    current: Option<(&'a str, TypedData<'a>)>,
 }
 
 impl<'de> de::MapAccess<'de> for MapAccess<'de> {
@@ -238,8 +239,8 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
             Keys::Fields(fields) => {
                 while let Some((&field, rest)) = fields.split_first() {
                     *fields = rest;
-                    if self.msg.args().any(|a| a.name == field) {
-                        self.current = self.msg.args().find(|a| a.name == field).map(|a| a.name);
+                    if let Some(a) = self.msg.args().find(|a| a.name == field) {
+                        self.current = Some((a.name, a.value));
                         return seed
                             .deserialize(de::value::BorrowedStrDeserializer::new(field))
                             .map(Some);
@@ -254,7 +255,7 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
                     if self.msg.args().take(*pos - 1).any(|b| b.name == a.name) {
                         continue;
                     }
-                    self.current = Some(a.name);
+                    self.current = Some((a.name, a.value));
                     return seed
                         .deserialize(de::value::BorrowedStrDeserializer::new(a.name))
                         .map(Some);
@@ -265,8 +266,7 @@ impl<'de> de::MapAccess<'de> for MapAccess<'de> {
     }
 
     fn next_value_seed<V: DeserializeSeed<'de>>(&mut self, seed: V) -> Result<V::Value, DeError> {
-        let name = self.current.take().unwrap_or("");
-        let first = self.msg.arg(name).unwrap_or(TypedData::Null);
+        let (name, first) = self.current.take().unwrap_or(("", TypedData::Null));
         seed.deserialize(ValueDeserializer {
             msg: self.msg,
             name,

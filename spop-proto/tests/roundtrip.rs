@@ -1082,3 +1082,51 @@ proptest! {
         fuzzing::connection(&script);
     }
 }
+
+// ---- header blocks (req.hdrs_bin) ------------------------------------------------------------
+
+fn header_list() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>)>> {
+    // names: short, non-empty, from a small alphabet (so duplicates and case variants occur);
+    // values: any bytes, sometimes longer than one-byte varints
+    let name = vec(select(b"aAbBxX-".to_vec()), 1..4);
+    let value = prop_oneof![vec(any::<u8>(), 0..8), vec(any::<u8>(), 230..300)];
+    vec((name, value), 0..30)
+}
+
+proptest! {
+    #[test]
+    fn header_block_roundtrip(headers in header_list()) {
+        let mut b = Vec::new();
+        spop_proto::HeaderBlock::encode(headers.iter().map(|(n, v)| (n, v)), &mut b);
+        prop_assert_eq!(b.len(), spop_proto::HeaderBlock::encoded_len(headers.iter().map(|(n, v)| (n, v))));
+        let h = spop_proto::HeaderBlock::parse(&b).unwrap();
+        prop_assert_eq!(h.len(), headers.len());
+        let got: Vec<(Vec<u8>, Vec<u8>)> = h.iter().map(|x| (x.name.to_vec(), x.value.to_vec())).collect();
+        prop_assert_eq!(&got, &headers);
+        for (n, _) in &headers {
+            let name = std::str::from_utf8(n).unwrap().to_ascii_uppercase();
+            let expected: Vec<&[u8]> = headers
+                .iter()
+                .filter(|(m, _)| m.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            prop_assert_eq!(h.get_all(&name).collect::<Vec<_>>(), expected.clone());
+            prop_assert_eq!(h.get(&name), expected.first().copied());
+        }
+        // every strict prefix is an error, and so is any extra byte
+        for cut in 0..b.len() {
+            prop_assert!(spop_proto::HeaderBlock::parse(&b[..cut]).is_err(), "cut at {}", cut);
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        prop_assert_eq!(
+            spop_proto::HeaderBlock::parse(&longer),
+            Err(spop_proto::HeaderBlockError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn header_block_arbitrary_bytes(data in vec(any::<u8>(), 0..64)) {
+        fuzzing::hdrs_bin(&data);
+    }
+}
