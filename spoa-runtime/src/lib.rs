@@ -13,18 +13,26 @@
 //! - `tracing` spans per connection and [`Metrics`] (Prometheus text behind the
 //!   `prometheus` feature).
 //!
+//! For the handler: typed arguments ([`Message::get`], [`ArgError`]; whole messages with
+//! serde behind the `serde` feature), header blocks ([`HeaderBlock`]), a [`Router`] for agents
+//! serving several messages, declared variables ([`vars`]), a `tower::Service` adapter
+//! ([`TowerHandler`], feature `tower`) and an in-process harness ([`testing`]). Which Rust
+//! type each HAProxy fetch arrives as: `docs/fetch-types.md` in the repository.
+//!
+//! One dependency is enough: everything a handler needs is re-exported here (actions and
+//! scopes, typed values and their extraction, messages and ids, the `req.hdrs_bin` view,
+//! variable names); the whole protocol crate is [`spop_proto`].
+//!
 //! ```no_run
-//! use spoa_runtime::{handler_fn, Request, Server};
-//! use spop_proto::{Actions, Scope};
+//! use spoa_runtime::{Actions, ArgError, Routed, Router, Scope, Server};
 //!
 //! #[tokio::main]
 //! async fn main() -> std::io::Result<()> {
-//!     let handler = handler_fn(|req: Request| async move {
+//!     let handler = Router::new().route("get-ip-reputation", |r: Routed| async move {
+//!         let ip: std::net::IpAddr = r.message().get("ip")?;
 //!         let mut actions = Actions::new();
-//!         if let Some(ip) = req.message("get-ip-reputation").and_then(|m| m.arg("ip")).and_then(|v| v.as_ip()) {
-//!             actions.set_var(Scope::Session, "ip_score", if ip.is_loopback() { 0 } else { 50 });
-//!         }
-//!         Ok::<_, std::convert::Infallible>(actions)
+//!         actions.set_var(Scope::Session, "ip_score", if ip.is_loopback() { 0 } else { 50 });
+//!         Ok::<_, ArgError>(actions)
 //!     });
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:12345").await?;
 //!     Server::builder()
@@ -39,8 +47,12 @@ mod config;
 mod connection;
 mod handler;
 mod metrics;
+pub mod router;
 mod server;
 pub mod testing;
+#[cfg(feature = "tower")]
+mod tower;
+pub mod vars;
 
 pub use config::Config;
 pub use connection::serve_connection;
@@ -49,5 +61,15 @@ pub use handler::{BoxError, ConnInfo, Handler, HandlerFn, Request, handler_fn};
 pub use metrics::serve_prometheus;
 pub use metrics::{LATENCY_BUCKETS, Metrics, MetricsSnapshot};
 pub use server::{Listener, Server, ServerBuilder};
+pub use router::{Routed, Router};
 pub use spop_proto;
+pub use spop_proto::frame::{Arg, Args, Messages};
+pub use spop_proto::{
+    Action, Actions, ArgError, ArgErrorKind, ArgRef, ConnectionError, DataType, FromTypedData,
+    Header, HeaderBlock, HeaderBlockError, MAX_FULL_VAR_NAME_LEN, Message, Notify, NotifyId,
+    OwnedTypedData, Scope, TypedData, ValueError, VarName, VarNameError, is_valid_var_name,
+};
+#[cfg(feature = "tower")]
+pub use tower::TowerHandler;
+pub use vars::VarDecl;
 pub use tokio_util::sync::CancellationToken;
