@@ -14,7 +14,7 @@
 //!     .route("check-request", |r: Routed| async move {
 //!         let ip: std::net::IpAddr = r.message().get("ip")?;
 //!         let mut a = Actions::new();
-//!         a.set_var(SCORE.scope, SCORE.name.as_str(), if ip.is_loopback() { 0 } else { 50 });
+//!         a.set_var(SCORE.scope, SCORE.name.as_str(), if ip.is_loopback() { 0i64 } else { 50 });
 //!         Ok::<_, ArgError>(a)
 //!     })
 //!     .route("check-response", |_r: Routed| async { Ok::<_, ArgError>(Actions::new()) })

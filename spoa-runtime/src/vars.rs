@@ -103,8 +103,8 @@ pub fn register_var_names(decls: &[VarDecl]) -> String {
 /// ```
 /// use spoa_runtime::{Scope, VarDecl, vars};
 /// let d = [VarDecl::new(Scope::Transaction, "a_rather_long_variable_name")];
-/// let err = vars::check(&d, "a_rather_long_prefix_name_too_").unwrap_err();
-/// assert!(err.to_string().starts_with("txn.a_rather_long_prefix_name_too_.a_rather_long_variable_name: "), "{err}");
+/// let err = vars::check(&d, "a_rather_long_prefix_for_an_agent").unwrap_err();
+/// assert!(err.to_string().starts_with("txn.a_rather_long_prefix_for_an_agent.a_rather_long_variable_name: "), "{err}");
 /// ```
 pub fn check(decls: &[VarDecl], prefix: &str) -> Result<(), DeclError> {
     for d in decls {
