@@ -338,6 +338,15 @@ pub fn agent_binary() -> PathBuf {
         .unwrap_or_else(|msg| panic!("{msg}"))
 }
 
+/// Path of the `bot_guard` example binary of spoa-runtime, built if needed (once per
+/// process), like [`agent_binary`].
+pub fn bot_guard_binary() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| find_or_build(&Artifact::Example("spoa-runtime", "bot_guard")))
+        .clone()
+        .unwrap_or_else(|msg| panic!("{msg}"))
+}
+
 /// Path of the `spoa` command line tool (package spoa-cli), built if needed (once per process).
 ///
 /// Like [`agent_binary`]: under cargo this runs `$CARGO build -p spoa-cli --bin spoa` into the
@@ -669,6 +678,18 @@ impl HaproxyConfig {
         Self {
             cfg_template: "haproxy.cfg.in",
             spoe_template: "spoe.conf.in",
+            agent_addr,
+            pipelining,
+        }
+    }
+
+    /// The bot-guard scenario: `haproxy-botguard.cfg.in` + `spoe-botguard.conf.in`, the
+    /// shipped `spoa-runtime/examples/bot_guard/` config plus two engines that send the
+    /// `hdrs` argument as NULL (paths under `/_null/`) or not at all (`/_absent/`).
+    pub fn bot_guard(agent_addr: SocketAddr, pipelining: bool) -> Self {
+        Self {
+            cfg_template: "haproxy-botguard.cfg.in",
+            spoe_template: "spoe-botguard.conf.in",
             agent_addr,
             pipelining,
         }
