@@ -138,7 +138,10 @@ mod tests {
 
     use super::*;
 
-    const UA: (&str, &str) = ("user-agent", "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0");
+    const UA: (&str, &str) = (
+        "user-agent",
+        "Mozilla/5.0 (X11; Linux x86_64) Firefox/128.0",
+    );
 
     /// Calls the agent with a `check-request` whose `hdrs` is `hdrs` (`None`: NULL).
     async fn run(hdrs: Option<&[u8]>) -> (i64, String) {
@@ -187,7 +190,12 @@ mod tests {
             with(&[("host", "h"), ("X-Scanner", "1"), UA]).await,
             (100, "scanner".into())
         );
-        for ua in ["curl/8.5.0", "Wget/1.21", "python-requests/2.31", "my-CURL-thing"] {
+        for ua in [
+            "curl/8.5.0",
+            "Wget/1.21",
+            "python-requests/2.31",
+            "my-CURL-thing",
+        ] {
             assert_eq!(
                 with(&[("host", "h"), ("user-agent", ua)]).await,
                 (90, "tool-ua".into()),
@@ -250,6 +258,9 @@ mod tests {
         // the shipped spoe.conf registers them
         let conf = include_str!("bot_guard/spoe.conf");
         assert!(conf.contains("register-var-names score reason"), "{conf}");
-        assert!(conf.contains(&format!("option var-prefix {VAR_PREFIX}")), "{conf}");
+        assert!(
+            conf.contains(&format!("option var-prefix {VAR_PREFIX}")),
+            "{conf}"
+        );
     }
 }

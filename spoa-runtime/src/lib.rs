@@ -60,8 +60,8 @@ pub use handler::{BoxError, ConnInfo, Handler, HandlerFn, Request, handler_fn};
 #[cfg(feature = "prometheus")]
 pub use metrics::serve_prometheus;
 pub use metrics::{LATENCY_BUCKETS, Metrics, MetricsSnapshot};
-pub use server::{Listener, Server, ServerBuilder};
 pub use router::{Routed, Router};
+pub use server::{Listener, Server, ServerBuilder};
 pub use spop_proto;
 pub use spop_proto::frame::{Arg, Args, Messages};
 pub use spop_proto::{
@@ -69,7 +69,7 @@ pub use spop_proto::{
     Header, HeaderBlock, HeaderBlockError, MAX_FULL_VAR_NAME_LEN, Message, Notify, NotifyId,
     OwnedTypedData, Scope, TypedData, ValueError, VarName, VarNameError, is_valid_var_name,
 };
+pub use tokio_util::sync::CancellationToken;
 #[cfg(feature = "tower")]
 pub use tower::TowerHandler;
 pub use vars::VarDecl;
-pub use tokio_util::sync::CancellationToken;

@@ -324,6 +324,8 @@ mod tests {
     #[test]
     #[should_panic(expected = "already has a route")]
     fn duplicate_route() {
-        let _ = router().route("a", |_: Routed| async { Ok::<_, Infallible>(Actions::new()) });
+        let _ = router().route("a", |_: Routed| async {
+            Ok::<_, Infallible>(Actions::new())
+        });
     }
 }

@@ -45,8 +45,9 @@ pub async fn call<H: Handler>(handler: &H, notify: Notify) -> Result<Actions, Bo
             Action::SetVar { name, .. } | Action::UnsetVar { name, .. } => name,
             _ => continue,
         };
-        VarName::try_new(name)
-            .map_err(|e| format!("the handler set variable {name:?}, which HAProxy ignores: {e}"))?;
+        VarName::try_new(name).map_err(|e| {
+            format!("the handler set variable {name:?}, which HAProxy ignores: {e}")
+        })?;
     }
     Ok(actions)
 }

@@ -21,7 +21,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group};
 use spop_proto::frame::{FrameDecoder, MessageList, split_frame};
-use spop_proto::{Actions, ArgError, FrameType, HeaderBlock, Message, Notify, NotifyId, Scope, TypedData};
+use spop_proto::{
+    Actions, ArgError, FrameType, HeaderBlock, Message, Notify, NotifyId, Scope, TypedData,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
@@ -246,7 +248,6 @@ fn op_ack_prebuilt(actions: &Actions, wbuf: &mut BytesMut) {
     black_box(&wbuf[..]);
 }
 
-
 // ---- typed extraction and header blocks -----------------------------------------------------
 
 /// Three arguments of the 5-argument NOTIFY, as a handler would keep them.
@@ -285,14 +286,26 @@ fn op_extract_serde(notify: &Notify) -> Result<usize, ArgError> {
 fn header_block() -> Vec<u8> {
     let mut headers: Vec<(String, String)> = vec![
         ("host".into(), HOST.into()),
-        ("user-agent".into(), "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into()),
-        ("accept".into(), "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into()),
+        (
+            "user-agent".into(),
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
+        ),
+        (
+            "accept".into(),
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into(),
+        ),
         ("accept-language".into(), "en-US,en;q=0.5".into()),
         ("accept-encoding".into(), "gzip, deflate, br, zstd".into()),
-        ("cookie".into(), "session=0123456789abcdef0123456789abcdef; theme=dark".into()),
+        (
+            "cookie".into(),
+            "session=0123456789abcdef0123456789abcdef; theme=dark".into(),
+        ),
     ];
     for i in headers.len()..20 {
-        headers.push((format!("x-custom-{i}"), format!("value-{i}-{}", "z".repeat(i))));
+        headers.push((
+            format!("x-custom-{i}"),
+            format!("value-{i}-{}", "z".repeat(i)),
+        ));
     }
     let mut b = Vec::new();
     HeaderBlock::encode(headers.iter().map(|(n, v)| (n, v)), &mut b);
@@ -536,7 +549,13 @@ fn bench_extract(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_baseline, bench_notify, bench_ack, bench_extract);
+criterion_group!(
+    benches,
+    bench_baseline,
+    bench_notify,
+    bench_ack,
+    bench_extract
+);
 
 fn main() {
     allocation_report();

@@ -435,10 +435,7 @@ impl<'de> de::Deserializer<'de> for ValueDeserializer<'de> {
         if !self.group {
             return Err(self.wrong("a repeated argument (a sequence)"));
         }
-        visitor.visit_seq(SeqAccess {
-            de: self,
-            pos: 0,
-        })
+        visitor.visit_seq(SeqAccess { de: self, pos: 0 })
     }
 
     fn deserialize_enum<V: Visitor<'de>>(
@@ -635,8 +632,7 @@ mod tests {
     fn as_a_map() {
         let n = notify();
         let m = n.message("m").unwrap();
-        let map: std::collections::BTreeMap<&str, de::IgnoredAny> =
-            m.deserialize().unwrap();
+        let map: std::collections::BTreeMap<&str, de::IgnoredAny> = m.deserialize().unwrap();
         assert_eq!(map.len(), 11); // "rep" once
     }
 }

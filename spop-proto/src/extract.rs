@@ -599,10 +599,17 @@ mod tests {
         );
         assert_eq!(u64::try_from(TypedData::Uint64(u64::MAX)), Ok(u64::MAX));
         assert_eq!(i8::try_from(TypedData::Int64(-128)), Ok(-128));
-        assert_eq!(i128::try_from(TypedData::Int64(i64::MIN)), Ok(i128::from(i64::MIN)));
+        assert_eq!(
+            i128::try_from(TypedData::Int64(i64::MIN)),
+            Ok(i128::from(i64::MIN))
+        );
         assert_eq!(
             i32::try_from(TypedData::String(b"1")).unwrap_err(),
-            ValueError::new(ArgErrorKind::WrongType, "an integer in i32 range", Some(DataType::String))
+            ValueError::new(
+                ArgErrorKind::WrongType,
+                "an integer in i32 range",
+                Some(DataType::String)
+            )
         );
         assert_eq!(
             i32::try_from(TypedData::Null).unwrap_err().kind,
@@ -631,17 +638,28 @@ mod tests {
         );
         assert_eq!(<&str>::try_from(TypedData::String(b"ok")), Ok("ok"));
         assert_eq!(
-            <&str>::try_from(TypedData::String(b"\xff")).unwrap_err().kind,
+            <&str>::try_from(TypedData::String(b"\xff"))
+                .unwrap_err()
+                .kind,
             ArgErrorKind::InvalidUtf8
         );
         assert_eq!(
             <&str>::try_from(TypedData::Binary(b"ok")).unwrap_err().kind,
             ArgErrorKind::WrongType
         );
-        assert_eq!(<&[u8]>::try_from(TypedData::Binary(b"\xff")), Ok(&b"\xff"[..]));
+        assert_eq!(
+            <&[u8]>::try_from(TypedData::Binary(b"\xff")),
+            Ok(&b"\xff"[..])
+        );
         assert_eq!(<&[u8]>::try_from(TypedData::String(b"s")), Ok(&b"s"[..]));
-        assert_eq!(String::try_from(TypedData::String(b"s")), Ok("s".to_owned()));
-        assert_eq!(Vec::<u8>::try_from(TypedData::Binary(b"b")), Ok(b"b".to_vec()));
+        assert_eq!(
+            String::try_from(TypedData::String(b"s")),
+            Ok("s".to_owned())
+        );
+        assert_eq!(
+            Vec::<u8>::try_from(TypedData::Binary(b"b")),
+            Ok(b"b".to_vec())
+        );
         assert_eq!(bool::try_from(TypedData::Bool(false)), Ok(false));
         assert_eq!(
             bool::try_from(TypedData::Int64(1)).unwrap_err().kind,
@@ -698,7 +716,10 @@ mod tests {
         assert_eq!(h.get("Host"), Some(&b"a"[..]));
         assert_eq!(m.get::<Option<HeaderBlock<'_>>>("nul"), Ok(None));
         let e = m.get::<HeaderBlock<'_>>("bad").unwrap_err();
-        assert!(matches!(e.kind(), ArgErrorKind::InvalidHeaderBlock(_)), "{e}");
+        assert!(
+            matches!(e.kind(), ArgErrorKind::InvalidHeaderBlock(_)),
+            "{e}"
+        );
         assert_eq!(
             m.get::<HeaderBlock<'_>>("nul").unwrap_err().kind(),
             ArgErrorKind::Null

@@ -427,7 +427,10 @@ mod tests {
             HeaderBlock::parse(b"\xff\xf0\xfe\xfe\xfe\xfe\xfe\xfe\xfe\x0e"),
             Err(E::Truncated(10))
         );
-        assert_eq!(HeaderBlock::parse(b"\x00\x01v\x00\x00"), Err(E::EmptyName(0)));
+        assert_eq!(
+            HeaderBlock::parse(b"\x00\x01v\x00\x00"),
+            Err(E::EmptyName(0))
+        );
     }
 
     #[test]

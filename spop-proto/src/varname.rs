@@ -222,7 +222,12 @@ mod tests {
         for ok in ["a", "A.Z", "ip_score", "x9", "..", "_"] {
             assert!(VarName::try_new(ok).is_ok(), "{ok}");
         }
-        for (bad, byte, index) in [("a-b", b'-', 1), ("a b", b' ', 1), ("é", 0xc3, 0), ("a:", b':', 1)] {
+        for (bad, byte, index) in [
+            ("a-b", b'-', 1),
+            ("a b", b' ', 1),
+            ("é", 0xc3, 0),
+            ("a:", b':', 1),
+        ] {
             assert_eq!(
                 VarName::try_new(bad),
                 Err(VarNameError::InvalidByte { byte, index })

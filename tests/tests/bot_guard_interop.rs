@@ -57,13 +57,21 @@ fn case(
 
 /// `-H "x-pad-<i>: v"` for `n` headers.
 fn pads(n: usize) -> Vec<String> {
-    (0..n).flat_map(|i| ["-H".to_owned(), format!("X-Pad-{i}: v")]).collect()
+    (0..n)
+        .flat_map(|i| ["-H".to_owned(), format!("X-Pad-{i}: v")])
+        .collect()
 }
 
 fn cases() -> Vec<Case> {
     let mut v = vec![
         // curl's own User-Agent is "curl/<version>"
-        case("default curl", "/", &[], 403, "blocked: score=90 reason=tool-ua\n"),
+        case(
+            "default curl",
+            "/",
+            &[],
+            403,
+            "blocked: score=90 reason=tool-ua\n",
+        ),
         case("browser", "/", &["-A", BROWSER], 200, "score=0 reason=ok\n"),
         case(
             "x-scanner",
@@ -79,7 +87,13 @@ fn cases() -> Vec<Case> {
             403,
             "blocked: score=100 reason=scanner\n",
         ),
-        case("wget", "/", &["-A", "Wget/1.21.3"], 403, "blocked: score=90 reason=tool-ua\n"),
+        case(
+            "wget",
+            "/",
+            &["-A", "Wget/1.21.3"],
+            403,
+            "blocked: score=90 reason=tool-ua\n",
+        ),
         case(
             "python-requests",
             "/api",
@@ -95,7 +109,13 @@ fn cases() -> Vec<Case> {
             "blocked: score=90 reason=tool-ua\n",
         ),
         // `-H "User-Agent:"` removes the header
-        case("no user-agent", "/", &["-H", "User-Agent:"], 200, "score=70 reason=no-ua\n"),
+        case(
+            "no user-agent",
+            "/",
+            &["-H", "User-Agent:"],
+            200,
+            "score=70 reason=no-ua\n",
+        ),
         case(
             "NULL header block",
             "/_null/x",
@@ -112,7 +132,13 @@ fn cases() -> Vec<Case> {
         ),
     ];
     // curl sends Host, User-Agent and Accept: 3 + 37 = 40 headers is fine, 41 is not
-    let mut forty = case("40 headers", "/", &["-A", BROWSER], 200, "score=0 reason=ok\n");
+    let mut forty = case(
+        "40 headers",
+        "/",
+        &["-A", BROWSER],
+        200,
+        "score=0 reason=ok\n",
+    );
     forty.args.extend(pads(37));
     let mut forty_one = case(
         "41 headers",
@@ -184,7 +210,11 @@ fn bot_guard(series: &str) {
     if let Err(last) = hap.wait_for_server("be_agent", "agent", CHECK_TIMEOUT, |st| {
         st.status == "UP" && st.check() == "L7OK"
     }) {
-        fail(&format!("the agent never became UP/L7OK: {last}"), &hap, &agent);
+        fail(
+            &format!("the agent never became UP/L7OK: {last}"),
+            &hap,
+            &agent,
+        );
     }
 
     let cases = cases();
@@ -228,13 +258,29 @@ fn bot_guard(series: &str) {
         fail("the agent logged warnings or errors", &hap, &agent);
     }
     // the agent saw every rule (its debug log names each decision)
-    for reason in ["no-headers", "scanner", "tool-ua", "no-ua", "many-headers", "ok"] {
-        if !log.contains(&format!("reason=\"{reason}\"")) && !log.contains(&format!("reason={reason}")) {
-            fail(&format!("the agent never logged reason {reason}"), &hap, &agent);
+    for reason in [
+        "no-headers",
+        "scanner",
+        "tool-ua",
+        "no-ua",
+        "many-headers",
+        "ok",
+    ] {
+        if !log.contains(&format!("reason=\"{reason}\""))
+            && !log.contains(&format!("reason={reason}"))
+        {
+            fail(
+                &format!("the agent never logged reason {reason}"),
+                &hap,
+                &agent,
+            );
         }
     }
     let elapsed = started.elapsed();
-    assert!(elapsed < BUDGET, "HAProxy {series}: took {elapsed:?}, more than {BUDGET:?}");
+    assert!(
+        elapsed < BUDGET,
+        "HAProxy {series}: took {elapsed:?}, more than {BUDGET:?}"
+    );
 }
 
 #[test]
