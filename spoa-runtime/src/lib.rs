@@ -17,7 +17,7 @@
 //! serde behind the `serde` feature), header blocks ([`HeaderBlock`]), a [`Router`] for agents
 //! serving several messages, declared variables ([`vars`]), a `tower::Service` adapter
 //! ([`TowerHandler`], feature `tower`) and an in-process harness ([`testing`]). Which Rust
-//! type each HAProxy fetch arrives as: `docs/fetch-types.md` in the repository.
+//! type each HAProxy fetch arrives as: [docs/fetch-types.md](https://github.com/spoa-rs/spoa-rs/blob/main/docs/fetch-types.md).
 //!
 //! One dependency is enough: everything a handler needs is re-exported here (actions and
 //! scopes, typed values and their extraction, messages and ids, the `req.hdrs_bin` view,

@@ -16,7 +16,7 @@
 //! Which type to ask for: HAProxy sends every integer sample as INT64, addresses as IPV4 or
 //! IPV6 by family, `path` and `req.hdr()` as STRING (not guaranteed UTF-8: ask for `&[u8]`
 //! when any byte may occur), `req.hdrs_bin` and `req.body` as BINARY, and NULL for a failed
-//! fetch. See `docs/fetch-types.md` for the full table.
+//! fetch. See [docs/fetch-types.md](https://github.com/spoa-rs/spoa-rs/blob/main/docs/fetch-types.md) for the full table.
 //!
 //! ```
 //! use std::net::IpAddr;

@@ -14,7 +14,7 @@
 //! - Typed extraction ([`extract`]: [`Message::get`], [`FromTypedData`], [`ArgError`]; serde
 //!   behind the `serde` feature, [`de`]), an owned value ([`OwnedTypedData`]), HAProxy's header
 //!   blocks ([`http`]: [`HeaderBlock`]) and the variable names HAProxy accepts ([`VarName`]).
-//!   Which Rust type each HAProxy fetch arrives as: `docs/fetch-types.md`.
+//!   Which Rust type each HAProxy fetch arrives as: [docs/fetch-types.md](https://github.com/spoa-rs/spoa-rs/blob/main/docs/fetch-types.md).
 //! - [`AgentConnection`]: the agent side state machine: handshake, health checks,
 //!   pipelining bookkeeping, fragment reassembly, drain, DISCONNECT with the right status.
 //!
