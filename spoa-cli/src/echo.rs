@@ -100,24 +100,6 @@ pub(crate) fn echo_actions(req: &Request, scope: Scope) -> Actions {
     actions
 }
 
-#[cfg(test)]
-mod tests {
-    use super::var_name;
-
-    #[test]
-    fn names_haproxy_cannot_take_are_mapped() {
-        assert_eq!(var_name("ip", 0), "ip");
-        assert_eq!(var_name("", 3), "arg3");
-        assert_eq!(var_name("client-ip", 0), "client_ip");
-        assert_eq!(var_name("a b:c/é", 0), "a_b_c__");
-        assert_eq!(var_name("x.y_Z9", 0), "x.y_Z9");
-        assert!(matches!(var_name("ok", 0), std::borrow::Cow::Borrowed(_)));
-        for n in ["client-ip", "a b", "é", "\u{0}"] {
-            assert!(spop_proto::is_valid_var_name(&var_name(n, 0)), "{n}");
-        }
-    }
-}
-
 pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
     let shutdown = crate::shutdown_signal()?;
     let listener = AnyListener::bind(&args.listen).await?;
@@ -152,4 +134,22 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         "echo agent stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::var_name;
+
+    #[test]
+    fn names_haproxy_cannot_take_are_mapped() {
+        assert_eq!(var_name("ip", 0), "ip");
+        assert_eq!(var_name("", 3), "arg3");
+        assert_eq!(var_name("client-ip", 0), "client_ip");
+        assert_eq!(var_name("a b:c/é", 0), "a_b_c__");
+        assert_eq!(var_name("x.y_Z9", 0), "x.y_Z9");
+        assert!(matches!(var_name("ok", 0), std::borrow::Cow::Borrowed(_)));
+        for n in ["client-ip", "a b", "é", "\u{0}"] {
+            assert!(spop_proto::is_valid_var_name(&var_name(n, 0)), "{n}");
+        }
+    }
 }

@@ -41,9 +41,8 @@ pub async fn call<H: Handler>(handler: &H, notify: Notify) -> Result<Actions, Bo
         .await
         .map_err(Into::into)?;
     for a in actions.iter() {
-        let name = match a {
-            Action::SetVar { name, .. } | Action::UnsetVar { name, .. } => name,
-            _ => continue,
+        let (Action::SetVar { name, .. } | Action::UnsetVar { name, .. }) = a else {
+            continue;
         };
         VarName::try_new(name).map_err(|e| {
             format!("the handler set variable {name:?}, which HAProxy ignores: {e}")

@@ -134,7 +134,7 @@ fn notify_frame() -> Vec<u8> {
 
 /// Touches every message and every argument value; returns a count so nothing is dead.
 #[inline]
-fn walk<'a>(messages: impl Iterator<Item = spop_proto::Message<'a>>) -> usize {
+fn walk<'a>(messages: impl Iterator<Item = Message<'a>>) -> usize {
     let mut n = 0;
     for m in messages {
         black_box(m.name());
@@ -253,6 +253,7 @@ fn op_ack_prebuilt(actions: &Actions, wbuf: &mut BytesMut) {
 /// Three arguments of the 5-argument NOTIFY, as a handler would keep them.
 #[derive(Debug)]
 #[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[allow(dead_code)] // the fields are consumed by `black_box`
 struct Extracted<'a> {
     src: std::net::IpAddr,
     path: &'a str,

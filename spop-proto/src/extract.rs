@@ -354,7 +354,7 @@ impl<'a, T: FromTypedData<'a>> FromTypedData<'a> for Option<T> {
 impl<'a> FromTypedData<'a> for TypedData<'a> {
     const EXPECTED: &'static str = "any value";
 
-    fn from_typed(value: TypedData<'a>) -> Result<Self, ValueError> {
+    fn from_typed(value: Self) -> Result<Self, ValueError> {
         Ok(value)
     }
 }
