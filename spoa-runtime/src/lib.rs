@@ -16,7 +16,7 @@
 //! For the handler: typed arguments ([`Message::get`], [`ArgError`]; whole messages with
 //! serde behind the `serde` feature), header blocks ([`HeaderBlock`]), a [`Router`] for agents
 //! serving several messages, declared variables ([`vars`]), a `tower::Service` adapter
-//! ([`TowerHandler`], feature `tower`) and an in-process harness ([`testing`]). Which Rust
+//! (`TowerHandler`, feature `tower`) and an in-process harness ([`testing`]). Which Rust
 //! type each HAProxy fetch arrives as: [docs/fetch-types.md](https://github.com/spoa-rs/spoa-rs/blob/main/docs/fetch-types.md).
 //!
 //! One dependency is enough: everything a handler needs is re-exported here (actions and

@@ -12,7 +12,7 @@
 //! - [`frame`]: every frame type in both directions, a [`FrameDecoder`](frame::FrameDecoder)
 //!   that rejects oversized lengths before buffering, encoders producing whole frames.
 //! - Typed extraction ([`extract`]: [`Message::get`], [`FromTypedData`], [`ArgError`]; serde
-//!   behind the `serde` feature, [`de`]), an owned value ([`OwnedTypedData`]), HAProxy's header
+//!   behind the `serde` feature, module `de`), an owned value ([`OwnedTypedData`]), HAProxy's header
 //!   blocks ([`http`]: [`HeaderBlock`]) and the variable names HAProxy accepts ([`VarName`]).
 //!   Which Rust type each HAProxy fetch arrives as: [docs/fetch-types.md](https://github.com/spoa-rs/spoa-rs/blob/main/docs/fetch-types.md).
 //! - [`AgentConnection`]: the agent side state machine: handshake, health checks,
