@@ -9,6 +9,7 @@
 //!   other type is an [`ArgError`] of kind `Missing` or `Null`;
 //! - `Vec<T>`: every argument with that name, in order (names may repeat in SPOP);
 //! - `#[serde(rename = "client-ip")]` for argument names that are not Rust identifiers;
+//! - `#[serde(borrow)] hdrs: Option<HeaderBlock<'a>>` for a `req.hdrs_bin` argument;
 //! - arguments without a field are ignored; for a scalar field, the first argument of that
 //!   name is used (as [`Message::arg`] does).
 //!
@@ -62,6 +63,7 @@ use serde::forward_to_deserialize_any;
 use crate::data::{DataType, TypedData};
 use crate::extract::{ArgError, ArgErrorKind, ArgRef, FromTypedData, ValueError};
 use crate::frame::Message;
+use crate::http::HeaderBlock;
 
 impl<'a> Message<'a> {
     /// Deserializes the whole message into `T`; see the [module docs](crate::de).
@@ -75,6 +77,38 @@ impl<'a> Message<'a> {
     /// ```
     pub fn deserialize<T: de::Deserialize<'a>>(&self) -> Result<T, ArgError> {
         T::deserialize(MessageDeserializer { msg: *self }).map_err(|e| e.into_arg_error(self))
+    }
+}
+
+/// A `req.hdrs_bin` field: `#[serde(borrow)] hdrs: Option<HeaderBlock<'a>>` (NULL or missing:
+/// `None`); a malformed block is an error of kind `Invalid` whose detail says why.
+///
+/// ```
+/// use spop_proto::{HeaderBlock, Notify, NotifyId};
+/// #[derive(serde::Deserialize)]
+/// struct Req<'a> {
+///     #[serde(borrow)]
+///     hdrs: Option<HeaderBlock<'a>>,
+/// }
+/// let mut block = Vec::new();
+/// HeaderBlock::encode([("host", "a")], &mut block);
+/// let n = Notify::builder(NotifyId::new(1, 1)).message("m").arg("hdrs", &block[..]).build();
+/// let r: Req = n.message("m").unwrap().deserialize().unwrap();
+/// assert_eq!(r.hdrs.unwrap().get("Host"), Some(&b"a"[..]));
+/// ```
+impl<'de: 'a, 'a> de::Deserialize<'de> for HeaderBlock<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BlockVisitor;
+        impl<'de> Visitor<'de> for BlockVisitor {
+            type Value = HeaderBlock<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a header block (binary, as req.hdrs_bin)")
+            }
+            fn visit_borrowed_bytes<E: de::Error>(self, v: &'de [u8]) -> Result<Self::Value, E> {
+                HeaderBlock::parse(v).map_err(E::custom)
+            }
+        }
+        d.deserialize_bytes(BlockVisitor)
     }
 }
 
@@ -618,6 +652,16 @@ mod tests {
         }
         let e = m.deserialize::<V4>().unwrap_err();
         assert_eq!(e.arg(), &ArgRef::Name("ip6".into()));
+
+        #[derive(Debug, Deserialize)]
+        #[allow(dead_code)]
+        struct Block<'a> {
+            #[serde(borrow)]
+            raw: Option<HeaderBlock<'a>>,
+        }
+        let e = m.deserialize::<Block<'_>>().unwrap_err();
+        assert_eq!(e.arg(), &ArgRef::Name("raw".into()));
+        assert!(e.to_string().contains("truncated header block"), "{e}");
 
         #[derive(Debug, Deserialize)]
         #[allow(dead_code)]
