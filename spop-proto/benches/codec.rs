@@ -1,12 +1,14 @@
 //! Hot-path benches of the SPOP codec: NOTIFY split + validate + walk, the named-argument
-//! lookup, and ACK encoding, with a `memcpy` of the same NOTIFY frame as the baseline.
+//! lookup, typed extraction of three arguments (`Message::get`, and `Message::deserialize`
+//! with `--features serde`), a 20-header `req.hdrs_bin` block (validate, iterate, two
+//! lookups), and ACK encoding, with a `memcpy` of the same NOTIFY frame as the baseline.
 //!
 //! Before criterion runs, every benchmarked operation is run 10 000 times under a counting
 //! global allocator and the allocations per operation are printed; the NOTIFY decode paths
 //! (and the ACK encode with a reused builder) must allocate nothing in steady state.
 //!
 //! ```text
-//! cargo bench -p spop-proto --bench codec -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p spop-proto --features serde --bench codec -- --warm-up-time 1 --measurement-time 3
 //! ```
 
 // The counting allocator needs `unsafe impl GlobalAlloc`; the workspace lint is `deny`, not
