@@ -17,7 +17,8 @@ use crate::args::{InputFormat, decode_input, to_hex, typed_json};
 /// Pretty-print SPOP frames (hex or binary).
 ///
 /// Hex input ignores whitespace and `#` comments and accepts `"quoted strings"` for their
-/// bytes, so the worked frames of the protocol notes can be pasted as they are.
+/// bytes, so the worked frames of the protocol notes can be pasted as they are. A BINARY
+/// argument that is a valid `req.hdrs_bin` header block is also shown as its headers.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DecodeArgs {
     /// File to read, or `-` for standard input.
