@@ -2,49 +2,26 @@
 //! input, and typed values as text or JSON.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use spop_proto::TypedData;
 use spop_proto::frame::NotifyBuilder;
+use spop_proto::{HeaderBlock, OwnedTypedData, TypedData};
 
-/// An owned typed value parsed from the command line (`int64:-1`, `bin:00ff`...).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum OwnedValue {
-    Null,
-    Bool(bool),
-    Int32(i32),
-    Uint32(u32),
-    Int64(i64),
-    Uint64(u64),
-    Ipv4(Ipv4Addr),
-    Ipv6(Ipv6Addr),
-    Str(Vec<u8>),
-    Bin(Vec<u8>),
+/// An owned typed value parsed from the command line (`int64:-1`, `bin:00ff`...): the
+/// protocol crate's owned value.
+pub(crate) type OwnedValue = OwnedTypedData;
+
+/// Parses `TYPE:VALUE` values.
+pub(crate) trait ParseValue: Sized {
+    fn parse(spec: &str) -> Result<Self, String>;
 }
 
-impl OwnedValue {
-    /// The value as the protocol type.
-    pub(crate) fn as_typed(&self) -> TypedData<'_> {
-        match self {
-            Self::Null => TypedData::Null,
-            Self::Bool(b) => TypedData::Bool(*b),
-            Self::Int32(v) => TypedData::Int32(*v),
-            Self::Uint32(v) => TypedData::Uint32(*v),
-            Self::Int64(v) => TypedData::Int64(*v),
-            Self::Uint64(v) => TypedData::Uint64(*v),
-            Self::Ipv4(a) => TypedData::Ipv4(*a),
-            Self::Ipv6(a) => TypedData::Ipv6(*a),
-            Self::Str(s) => TypedData::String(s),
-            Self::Bin(b) => TypedData::Binary(b),
-        }
-    }
-
+impl ParseValue for OwnedValue {
     /// Parses `TYPE:VALUE` (`null` alone is accepted for NULL).
-    pub(crate) fn parse(spec: &str) -> Result<Self, String> {
+    fn parse(spec: &str) -> Result<Self, String> {
         let (ty, value) = spec.split_once(':').unwrap_or((spec, ""));
         let bad = |e: &dyn fmt::Display| format!("invalid {ty} value {value:?}: {e}");
         Ok(match ty {
@@ -65,8 +42,8 @@ impl OwnedValue {
             "uint64" => Self::Uint64(value.parse().map_err(|e| bad(&e))?),
             "ipv4" => Self::Ipv4(value.parse().map_err(|e| bad(&e))?),
             "ipv6" => Self::Ipv6(value.parse().map_err(|e| bad(&e))?),
-            "str" => Self::Str(value.as_bytes().to_vec()),
-            "bin" => Self::Bin(parse_hex_digits(value).map_err(|e| bad(&e))?),
+            "str" => Self::String(value.as_bytes().to_vec().into()),
+            "bin" => Self::Binary(parse_hex_digits(value).map_err(|e| bad(&e))?.into()),
             other => {
                 return Err(format!(
                     "unknown type {other:?} (expected null, bool, int32, uint32, int64, uint64, \
@@ -107,6 +84,28 @@ pub(crate) fn add_message(builder: &mut NotifyBuilder, message: &str, args: &[Ar
             v => builder.arg(&a.name, v),
         };
     }
+}
+
+/// One `--header "Name: value"`: the name lowercased (as HAProxy stores it), the value with
+/// surrounding blanks trimmed.
+pub(crate) fn parse_header(s: &str) -> Result<(String, String), String> {
+    let (name, value) = s
+        .split_once(':')
+        .ok_or_else(|| format!("expected \"Name: value\", got {s:?}"))?;
+    let name = name.trim();
+    if name.is_empty() || name.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+        return Err(format!("invalid header name {name:?} in {s:?}"));
+    }
+    Ok((name.to_ascii_lowercase(), value.trim().to_owned()))
+}
+
+/// The `req.hdrs_bin` block of these headers, as a BINARY value.
+pub(crate) fn header_block_value(headers: &[(String, String)]) -> OwnedValue {
+    let mut b = Vec::with_capacity(HeaderBlock::encoded_len(
+        headers.iter().map(|(n, v)| (n, v)),
+    ));
+    HeaderBlock::encode(headers.iter().map(|(n, v)| (n, v)), &mut b);
+    OwnedValue::Binary(b.into())
 }
 
 /// Where to connect or listen: `host:port`, or a Unix socket (`unix:/path`, or anything with
@@ -378,23 +377,43 @@ mod tests {
     fn arg_specs() {
         let a: ArgSpec = "ip=ipv4:127.0.0.1".parse().unwrap();
         assert_eq!(a.name, "ip");
-        assert_eq!(a.value, OwnedValue::Ipv4(Ipv4Addr::LOCALHOST));
+        assert_eq!(a.value, OwnedValue::Ipv4(std::net::Ipv4Addr::LOCALHOST));
         let a: ArgSpec = "=int64:-1".parse().unwrap();
         assert_eq!((a.name.as_str(), a.value), ("", OwnedValue::Int64(-1)));
         let a: ArgSpec = "s=str:a=b:c".parse().unwrap();
-        assert_eq!(a.value, OwnedValue::Str(b"a=b:c".to_vec()));
+        assert_eq!(a.value, OwnedValue::String("a=b:c".into()));
         let a: ArgSpec = "e=str:".parse().unwrap();
-        assert_eq!(a.value, OwnedValue::Str(vec![]));
+        assert_eq!(a.value, OwnedValue::String("".into()));
         let a: ArgSpec = "n=null".parse().unwrap();
         assert_eq!(a.value, OwnedValue::Null);
         let a: ArgSpec = "b=bin:00ff00".parse().unwrap();
-        assert_eq!(a.value, OwnedValue::Bin(vec![0, 255, 0]));
+        assert_eq!(a.value, OwnedValue::Binary(vec![0, 255, 0].into()));
         let a: ArgSpec = "u=uint64:18446744073709551615".parse().unwrap();
         assert_eq!(a.value, OwnedValue::Uint64(u64::MAX));
         assert!("x".parse::<ArgSpec>().is_err());
         assert!("x=int32:99999999999".parse::<ArgSpec>().is_err());
         assert!("x=float:1".parse::<ArgSpec>().is_err());
         assert!("x=bin:0".parse::<ArgSpec>().is_err());
+    }
+
+    #[test]
+    fn headers() {
+        assert_eq!(
+            parse_header("User-Agent: curl/8.5 "),
+            Ok(("user-agent".into(), "curl/8.5".into()))
+        );
+        assert_eq!(
+            parse_header("x-empty:"),
+            Ok(("x-empty".into(), String::new()))
+        );
+        assert!(parse_header("novalue").is_err());
+        assert!(parse_header(": v").is_err());
+        assert!(parse_header("a b: v").is_err());
+        let v = header_block_value(&[("host".into(), "a".into())]);
+        assert_eq!(
+            v,
+            OwnedValue::Binary((&b"\x04host\x01a\x00\x00"[..]).into())
+        );
     }
 
     #[test]

@@ -199,7 +199,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
             },
             ArgSpec {
                 name: "path".into(),
-                value: OwnedValue::Str(b"/index.html".to_vec()),
+                value: OwnedValue::String("/index.html".into()),
             },
             ArgSpec {
                 name: "n".into(),

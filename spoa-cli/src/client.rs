@@ -13,7 +13,7 @@ use spop_proto::frame::{
 };
 use spop_proto::{FrameType, Notify, NotifyId, StatusCode};
 
-use crate::args::{Addr, ArgSpec, add_message, parse_duration};
+use crate::args::{Addr, ArgSpec, add_message, header_block_value, parse_duration, parse_header};
 use crate::decode::action_json;
 use crate::net::{FrameConn, Received, connect};
 
@@ -34,6 +34,14 @@ pub(crate) struct ClientArgs {
     /// ipv4, ipv6, str or bin (hex). An empty name makes an unnamed argument. Repeatable.
     #[arg(long = "arg", value_name = "name=TYPE:VALUE")]
     args: Vec<ArgSpec>,
+    /// A header for a `req.hdrs_bin`-style block, `"Name: value"` (the name is lowercased,
+    /// as HAProxy stores it). Repeatable; all of them go, in order, into one BINARY argument
+    /// (named by --headers-arg) after the --arg ones.
+    #[arg(long = "header", value_name = "Name: value", value_parser = parse_header)]
+    headers: Vec<(String, String)>,
+    /// Name of the argument carrying the --header block.
+    #[arg(long, value_name = "NAME", default_value = "hdrs")]
+    headers_arg: String,
     /// Send this many NOTIFYs (stream-ids 1, 3, 5..., frame-id 1).
     #[arg(long, default_value_t = 1)]
     repeat: u64,
@@ -214,7 +222,14 @@ pub(crate) async fn run(args: &ClientArgs) -> anyhow::Result<ExitCode> {
         1
     };
     let mut builder = Notify::builder(NotifyId::new(0, 1));
-    add_message(&mut builder, &args.message, &args.args);
+    let mut message_args = args.args.clone();
+    if !args.headers.is_empty() {
+        message_args.push(ArgSpec {
+            name: args.headers_arg.clone(),
+            value: header_block_value(&args.headers),
+        });
+    }
+    add_message(&mut builder, &args.message, &message_args);
     let template = builder.build();
     let mut out = BytesMut::new();
     let mut in_flight: VecDeque<u64> = VecDeque::new();

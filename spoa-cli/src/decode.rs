@@ -10,14 +10,15 @@ use serde_json::{Value, json};
 use spop_proto::frame::{
     DEFAULT_MAX_FRAME_SIZE, Disconnect, Frame, FrameHeader, MIN_FRAME_LEN, split_frame,
 };
-use spop_proto::{Action, DecodeError, FrameType, KvList, StatusCode};
+use spop_proto::{Action, DecodeError, FrameType, HeaderBlock, KvList, StatusCode, TypedData};
 
 use crate::args::{InputFormat, decode_input, to_hex, typed_json};
 
 /// Pretty-print SPOP frames (hex or binary).
 ///
 /// Hex input ignores whitespace and `#` comments and accepts `"quoted strings"` for their
-/// bytes, so the worked frames of the protocol notes can be pasted as they are.
+/// bytes, so the worked frames of the protocol notes can be pasted as they are. A BINARY
+/// argument that is a valid `req.hdrs_bin` header block is also shown as its headers.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DecodeArgs {
     /// File to read, or `-` for standard input.
@@ -311,7 +312,34 @@ pub(crate) fn decode_frame(
                     } else {
                         let _ = writeln!(text, "    {} = {}", a.name.escape_debug(), a.value);
                     }
-                    args.push(json!({ "name": a.name, "value": typed_json(&a.value) }));
+                    let mut arg = json!({ "name": a.name, "value": typed_json(&a.value) });
+                    if let Some(h) = header_block(&a.value) {
+                        let _ = writeln!(
+                            text,
+                            "      header block ({} header{}):",
+                            h.len(),
+                            if h.len() == 1 { "" } else { "s" }
+                        );
+                        for x in h.iter() {
+                            let _ = writeln!(
+                                text,
+                                "        {}: {}",
+                                x.name.escape_ascii(),
+                                x.value.escape_ascii()
+                            );
+                        }
+                        arg["headers"] = Value::Array(
+                            h.iter()
+                                .map(|x| {
+                                    json!({
+                                        "name": String::from_utf8_lossy(x.name),
+                                        "value": String::from_utf8_lossy(x.value),
+                                    })
+                                })
+                                .collect(),
+                        );
+                    }
+                    args.push(arg);
                 }
                 messages.push(json!({ "name": m.name(), "args": args }));
             }
@@ -359,6 +387,15 @@ pub(crate) fn decode_frame(
         text,
         json: Value::Object(obj),
     })
+}
+
+/// A BINARY value that is a valid, non-empty `req.hdrs_bin` block (an empty block, `00 00`,
+/// is more likely just two zero bytes).
+fn header_block<'a>(v: &TypedData<'a>) -> Option<HeaderBlock<'a>> {
+    match *v {
+        TypedData::Binary(b) => HeaderBlock::parse(b).ok().filter(|h| !h.is_empty()),
+        _ => None,
+    }
 }
 
 fn kv_body(payload: &[u8], text: &mut String) -> Result<Value, DecodeError> {
@@ -411,6 +448,32 @@ pub(crate) fn action_json(a: &Action<'_>) -> Value {
 mod tests {
     use super::*;
     use crate::args::parse_hex_text;
+
+    #[test]
+    fn header_block_arguments_are_shown_as_headers() {
+        let mut block = Vec::new();
+        HeaderBlock::encode([("host", "a"), ("user-agent", "curl/8")], &mut block);
+        let mut wire = bytes::BytesMut::new();
+        spop_proto::Notify::builder(spop_proto::NotifyId::new(1, 1))
+            .message("check-request")
+            .arg("hdrs", &block[..])
+            .arg("raw", &b"\x01"[..])
+            .build()
+            .encode(&mut wire);
+        let r = decode_all(&wire, 16380);
+        assert!(r.errors.is_empty());
+        let text = &r.frames[0].text;
+        assert!(
+            text.contains(
+                "      header block (2 headers):\n        host: a\n        user-agent: curl/8\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("header block").count(), 1, "{text}");
+        let json = &r.frames[0].json["messages"][0]["args"];
+        assert_eq!(json[0]["headers"][1]["value"], "curl/8");
+        assert!(json[1].get("headers").is_none());
+    }
 
     #[test]
     fn worked_ack() {

@@ -1,6 +1,7 @@
 //! `spoa echo`: the reference agent. Every argument of every message comes back as a
 //! variable of the same name and type.
 
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::fmt;
 use std::future::{Future, Ready};
@@ -15,7 +16,7 @@ use spoa_runtime::{
     handler_fn,
 };
 use spop_proto::frame::DEFAULT_MAX_FRAME_SIZE;
-use spop_proto::{Actions, Scope, TypedData};
+use spop_proto::{Actions, Scope, TypedData, is_valid_var_name};
 use tracing::info;
 
 use crate::args::Addr;
@@ -24,6 +25,10 @@ use crate::net::AnyListener;
 /// Run the echo agent: for each argument of each message, set a variable named after the
 /// argument (unnamed ones: `arg0`, `arg1`... by position in the message) holding the same
 /// typed value. HAProxy reads it as `var(<scope>.<var-prefix>.<name>)`.
+///
+/// HAProxy ignores variable names with bytes outside `A-Z a-z 0-9 . _`, so each such byte
+/// becomes `_`: `args client-ip=src` sets `client_ip` (read it as
+/// `var(txn.<var-prefix>.client_ip)`). Keep `<scope>.<var-prefix>.<name>` within 63 bytes.
 ///
 /// Prints `listening on ADDR` to stderr once bound. Logs go to stderr, filtered by RUST_LOG
 /// (default `info`).
@@ -49,6 +54,12 @@ use crate::net::AnyListener;
 /// STRING or BINARY argument containing TEXT. Example: `spoa echo --listen 127.0.0.1:12345
 /// --delay 3s --delay-which match:/slow` hangs every request whose path contains /slow.
 #[derive(Debug, clap::Args)]
+#[command(
+    after_help = "Variable names: an unnamed argument becomes arg0, arg1... (its position \
+in the message). HAProxy ignores variable names with bytes outside A-Z a-z 0-9 . _, so each such \
+byte becomes '_': `args client-ip=src` sets client_ip, read as var(txn.<var-prefix>.client_ip). \
+HAProxy keeps <scope>.<var-prefix>.<name> whole only up to 63 bytes."
+)]
 pub(crate) struct EchoArgs {
     /// Listen address: host:port (port 0 picks one), or a Unix socket (unix:/path or any path
     /// with a '/'; a stale socket file is removed), or `systemd` for the socket passed by
@@ -125,17 +136,35 @@ pub(crate) struct EchoArgs {
 static UNNAMED: LazyLock<Vec<String>> =
     LazyLock::new(|| (0..256).map(|i| format!("arg{i}")).collect());
 
+/// The variable name for argument `index` of a message, named `name`: `arg<index>` when
+/// unnamed, else `name` with every byte HAProxy refuses in a variable name (outside
+/// `[A-Za-z0-9._]`) replaced by `_`. Borrows when nothing needs replacing.
+pub(crate) fn var_name(name: &str, index: usize) -> Cow<'_, str> {
+    if name.is_empty() {
+        return Cow::Borrowed(UNNAMED[index.min(255)].as_str());
+    }
+    if is_valid_var_name(name) {
+        return Cow::Borrowed(name);
+    }
+    Cow::Owned(
+        name.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect(),
+    )
+}
+
 /// The ACK of the echo agent for one NOTIFY.
 pub(crate) fn echo_actions(req: &Request, scope: Scope) -> Actions {
     let mut actions = Actions::with_capacity(req.notify.payload().len() + 32);
     for m in req.messages() {
         for (i, a) in m.args().enumerate() {
-            let name = if a.name.is_empty() {
-                UNNAMED[i].as_str()
-            } else {
-                a.name
-            };
-            actions.set_var(scope, name, a.value);
+            actions.set_var(scope, &var_name(a.name, i), a.value);
         }
     }
     actions
@@ -391,5 +420,20 @@ mod tests {
                 .count(),
             0
         );
+    }
+
+    #[test]
+    fn names_haproxy_cannot_take_are_mapped() {
+        assert_eq!(var_name("ip", 0), "ip");
+        assert_eq!(var_name("", 3), "arg3");
+        assert_eq!(var_name("client-ip", 0), "client_ip");
+        assert_eq!(var_name("a b:c/é", 0), "a_b_c__");
+        assert_eq!(var_name("x.y_Z9", 0), "x.y_Z9");
+        // a valid name is borrowed, not copied
+        let ok = "ok";
+        assert_eq!(var_name(ok, 0).as_ptr(), ok.as_ptr());
+        for n in ["client-ip", "a b", "é", "\u{0}"] {
+            assert!(is_valid_var_name(&var_name(n, 0)), "{n}");
+        }
     }
 }

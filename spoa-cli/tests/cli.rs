@@ -262,6 +262,50 @@ fn echo_client_round_trip_every_type() {
     assert_eq!(lines, expected, "{out:?}");
 }
 
+/// `--header` builds a `req.hdrs_bin` block; echo maps `client-ip` (refused by HAProxy) to
+/// `client_ip`; `decode` shows the echoed block as headers.
+#[test]
+fn client_header_block_and_echo_name_mapping() {
+    let agent = echo();
+    let out = spoa(&[
+        "client",
+        "--connect",
+        &agent.addr,
+        "--message",
+        "check-request",
+        "--arg",
+        "client-ip=ipv4:10.0.0.1",
+        "--header",
+        "Host: example.com",
+        "--header",
+        "User-Agent: curl/8",
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(
+        &lines[1..4],
+        [
+            "ACK stream-id 1, frame-id 1: 2 actions",
+            "  set-var txn.client_ip = ipv4:10.0.0.1",
+            // 07 host 0b example.com 0a user-agent 06 curl/8 00 00
+            "  set-var txn.hdrs = bin:04686f73740b6578616d706c652e636f6d0a757365722d6167656e74066375726c2f380000",
+        ],
+        "{out:?}"
+    );
+    let help = spoa(&["echo", "--help"]);
+    assert!(help.stdout.contains("client_ip"), "{help:?}");
+
+    let frame = "00 00 00 42 03 00 00 00 01 01 01 0d \"check-request\" 01 04 \"hdrs\" 09                  25 04 \"host\" 0b \"example.com\" 0a \"user-agent\" 06 \"curl/8\" 00 00";
+    let out = spoa_with_input(&["decode", "-"], frame.as_bytes());
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "header block (2 headers):\n        host: example.com\n        user-agent: curl/8\n"
+        ),
+        "{out:?}"
+    );
+}
+
 #[test]
 fn echo_client_json_every_type() {
     let agent = echo();

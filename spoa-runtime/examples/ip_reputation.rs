@@ -7,8 +7,7 @@
 use std::convert::Infallible;
 use std::net::IpAddr;
 
-use spoa_runtime::{Request, Server, handler_fn};
-use spop_proto::{Actions, Scope};
+use spoa_runtime::{Actions, Request, Scope, Server, handler_fn};
 
 /// A stand-in for a real reputation source: fixed ranges plus a stable hash.
 fn score(ip: IpAddr) -> i64 {

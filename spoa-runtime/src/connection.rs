@@ -41,6 +41,10 @@ const FINAL_FLUSH: Duration = Duration::from_secs(2);
 const SMALL_READ: usize = 512;
 const READ_CHUNK: usize = 8 * 1024;
 const KEEP_CAPACITY: usize = 64 * 1024;
+/// Once a drain stops reading, what is in flight is answered within its budget (its own
+/// fallback); the state machine's drain deadline is a backstop, this much later, so the
+/// fallbacks always win the race.
+const DRAIN_MARGIN: Duration = Duration::from_millis(100);
 
 /// Serves one SPOP connection over any byte stream (TCP, Unix socket, TLS, an in-memory
 /// duplex...) until it closes; returns why it closed. Uses the server's configuration,
@@ -141,6 +145,8 @@ struct Driver<H> {
     spawned: Option<Spawned>,
     /// The peer stopped reading: nothing more is written, not even AGENT-DISCONNECT.
     write_stalled: bool,
+    /// An ACK was queued since the drain last looked.
+    acked: bool,
 }
 
 /// How handler tasks report back, and the connection's late slots.
@@ -174,6 +180,7 @@ impl<H: Handler> Driver<H> {
             tasks: JoinSet::new(),
             spawned: None,
             write_stalled: false,
+            acked: false,
         }
     }
 
@@ -222,23 +229,26 @@ impl<H: Handler> Driver<H> {
                 rbuf.reserve(read_hint);
             }
             let spare = rbuf.capacity() - rbuf.len();
-            // the drain: close once nothing is in flight and nothing arrived for `quiet`; at the
-            // grace, stop reading and answer what is in flight within one budget
+            // the drain: close once nothing is in flight, right behind the ACK that emptied the
+            // connection (one write: HAProxy reads both before it could reuse the connection),
+            // or once nothing arrived for `quiet`; at the grace, stop reading and answer what is
+            // in flight within one budget
             let mut drain_wake = None;
             if let Some(since) = draining {
                 if !conn.is_draining() && !conn.is_closed() {
                     let hard = since + grace.saturating_sub(self.shared.budget);
                     let t = now.into_std();
-                    if conn.in_flight() == 0 && now >= last_frame + quiet {
-                        debug!("quiet: closing");
-                        conn.begin_drain(t, t + self.shared.budget);
+                    let emptied = std::mem::take(&mut self.acked);
+                    if conn.in_flight() == 0 && (emptied || now >= last_frame + quiet) {
+                        debug!(after_ack = emptied, "drained: closing");
+                        conn.begin_drain(t, t + self.shared.budget + DRAIN_MARGIN);
                         continue;
                     } else if now >= hard {
                         debug!(
                             in_flight = conn.in_flight(),
                             "drain grace over: answering what is in flight, then closing"
                         );
-                        conn.begin_drain(t, t + self.shared.budget);
+                        conn.begin_drain(t, t + self.shared.budget + DRAIN_MARGIN);
                         continue;
                     }
                     drain_wake = Some(
@@ -254,6 +264,7 @@ impl<H: Handler> Driver<H> {
                 () = cancel.cancelled(), if draining.is_none() => {
                     debug!(in_flight = conn.in_flight(), "draining");
                     draining = Some(Instant::now());
+                    self.acked = false;
                 }
                 () = sleep_until(drain_wake), if drain_wake.is_some() => {}
                 // outcomes wait while the write buffer is full: their ACKs would pile up past it
@@ -435,7 +446,8 @@ impl<H: Handler> Driver<H> {
         None
     }
 
-    fn ack(&self, conn: &mut AgentConnection, id: NotifyId, outcome: Outcome, now: Instant) {
+    fn ack(&mut self, conn: &mut AgentConnection, id: NotifyId, outcome: Outcome, now: Instant) {
+        self.acked = true;
         let metrics = &self.shared.metrics;
         let (actions, reason) = match outcome {
             Outcome::Done(a) => (a, None),

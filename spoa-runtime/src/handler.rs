@@ -225,6 +225,12 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Called when a connection that completed its handshake ends.
     fn on_disconnect(&self, _info: &ConnInfo, _why: &ConnectionError) {}
+
+    /// The variables this handler sets, for `register-var-names` and the 64-byte check (see
+    /// [`vars`](crate::vars)). [`Router`](crate::Router) returns what was declared on it.
+    fn declared_vars(&self) -> &[crate::VarDecl] {
+        &[]
+    }
 }
 
 /// A [`Handler`] made from a closure; see [`handler_fn`].

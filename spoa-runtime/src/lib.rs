@@ -21,18 +21,26 @@
 //! - `tracing` spans per connection and per NOTIFY, rate-limited failure logs, [`Metrics`]
 //!   (Prometheus text behind the `prometheus` feature).
 //!
+//! For the handler: typed arguments ([`Message::get`], [`ArgError`]; whole messages with
+//! serde behind the `serde` feature), header blocks ([`HeaderBlock`]), a [`Router`] for agents
+//! serving several messages, declared variables ([`vars`]), a `tower::Service` adapter
+//! (`TowerHandler`, feature `tower`) and an in-process harness ([`testing`]). Which Rust
+//! type each HAProxy fetch arrives as: [docs/fetch-types.md](https://github.com/spoa-rs/spoa-rs/blob/main/docs/fetch-types.md).
+//!
+//! One dependency is enough: everything a handler needs is re-exported here (actions and
+//! scopes, typed values and their extraction, messages and ids, the `req.hdrs_bin` view,
+//! variable names); the whole protocol crate is [`spop_proto`].
+//!
 //! ```no_run
-//! use spoa_runtime::{handler_fn, Request, Server};
-//! use spop_proto::{Actions, Scope};
+//! use spoa_runtime::{Actions, ArgError, Routed, Router, Scope, Server};
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let handler = handler_fn(|req: Request| async move {
+//!     let handler = Router::new().route("get-ip-reputation", |r: Routed| async move {
+//!         let ip: std::net::IpAddr = r.message().get("ip")?;
 //!         let mut actions = Actions::new();
-//!         if let Some(ip) = req.message("get-ip-reputation").and_then(|m| m.arg("ip")).and_then(|v| v.as_ip()) {
-//!             actions.set_var(Scope::Session, "ip_score", if ip.is_loopback() { 0 } else { 50 });
-//!         }
-//!         Ok::<_, std::convert::Infallible>(actions)
+//!         actions.set_var(Scope::Session, "ip_score", if ip.is_loopback() { 0 } else { 50 });
+//!         Ok::<_, ArgError>(actions)
 //!     });
 //!     let listener = tokio::net::TcpListener::bind("127.0.0.1:12345").await?;
 //!     Server::builder()
@@ -53,9 +61,13 @@ mod failures;
 mod handler;
 mod listen;
 mod metrics;
+pub mod router;
 mod server;
 pub mod testing;
+#[cfg(feature = "tower")]
+mod tower;
 mod unwind;
+pub mod vars;
 
 pub use background::{Background, BackgroundFull};
 pub use config::{
@@ -70,6 +82,16 @@ pub use listen::{Inherited, LISTEN_BACKLOG, bind_tcp, inherited_listeners};
 #[cfg(feature = "prometheus")]
 pub use metrics::serve_prometheus;
 pub use metrics::{LATENCY_BUCKETS, Metrics, MetricsSnapshot};
+pub use router::{Routed, Router};
 pub use server::{Listener, Server, ServerBuilder};
 pub use spop_proto;
+pub use spop_proto::frame::{Arg, Args, Messages};
+pub use spop_proto::{
+    Action, Actions, ArgError, ArgErrorKind, ArgRef, ConnectionError, DataType, FromTypedData,
+    Header, HeaderBlock, HeaderBlockError, MAX_FULL_VAR_NAME_LEN, Message, Notify, NotifyId,
+    OwnedTypedData, Scope, TypedData, ValueError, VarName, VarNameError, is_valid_var_name,
+};
 pub use tokio_util::sync::CancellationToken;
+#[cfg(feature = "tower")]
+pub use tower::TowerHandler;
+pub use vars::VarDecl;

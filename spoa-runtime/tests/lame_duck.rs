@@ -71,20 +71,18 @@ async fn lame_duck_fails_health_checks_and_keeps_serving() {
         let m = server.metrics().snapshot();
         assert_eq!(m.health_checks, 1, "{m:?}");
 
-        // NOTIFYs keep coming across the end of the lame duck: the drain answers them all
-        let mut s = 5u64;
-        while t0.elapsed() < LAME + 2 * QUIET {
-            data.send_notify(&notify_i(NotifyId::new(s, 1), 0)).await;
-            assert_eq!(
-                data.recv_ack().await.0,
-                NotifyId::new(s, 1),
-                "at {:?}",
-                t0.elapsed()
-            );
-            s += 2;
-            tokio::time::sleep(QUIET / 4).await;
-        }
-        // ...and closes once quiet: AGENT-DISCONNECT status 0 last
+        // a slow NOTIFY in flight across the end of the lame duck, and a quick one sent during
+        // the drain: both answered; the connection closes right behind the last ACK
+        let slow = NotifyId::new(5, 1);
+        tokio::time::sleep_until(t0 + LAME - Duration::from_millis(100)).await;
+        data.send_notify(&common::notify_with(slow, 5, "sleep_ms", 300u64))
+            .await;
+        tokio::time::sleep_until(t0 + LAME + Duration::from_millis(50)).await;
+        let quick = NotifyId::new(7, 1);
+        data.send_notify(&notify_i(quick, 7)).await;
+        assert_eq!(data.recv_ack().await.0, quick);
+        assert_eq!(data.recv_ack().await.0, slow);
+        // AGENT-DISCONNECT status 0 last
         assert_eq!(data.recv().await.into_disconnect_status(), 0);
         data.expect_eof().await;
         assert_eq!(late.recv().await.into_disconnect_status(), 0);

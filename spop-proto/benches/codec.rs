@@ -1,12 +1,14 @@
 //! Hot-path benches of the SPOP codec: NOTIFY split + validate + walk, the named-argument
-//! lookup, and ACK encoding, with a `memcpy` of the same NOTIFY frame as the baseline.
+//! lookup, typed extraction of three arguments (`Message::get`, and `Message::deserialize`
+//! with `--features serde`), a 20-header `req.hdrs_bin` block (validate, iterate, two
+//! lookups), and ACK encoding, with a `memcpy` of the same NOTIFY frame as the baseline.
 //!
 //! Before criterion runs, every benchmarked operation is run 10 000 times under a counting
 //! global allocator and the allocations per operation are printed; the NOTIFY decode paths
 //! (and the ACK encode with a reused builder) must allocate nothing in steady state.
 //!
 //! ```text
-//! cargo bench -p spop-proto --bench codec -- --warm-up-time 1 --measurement-time 3
+//! cargo bench -p spop-proto --features serde --bench codec -- --warm-up-time 1 --measurement-time 3
 //! ```
 
 // The counting allocator needs `unsafe impl GlobalAlloc`; the workspace lint is `deny`, not
@@ -21,7 +23,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group};
 use spop_proto::frame::{FrameDecoder, MessageList, split_frame};
-use spop_proto::{Actions, FrameType, Notify, NotifyId, Scope, TypedData};
+use spop_proto::{
+    Actions, ArgError, FrameType, HeaderBlock, Message, Notify, NotifyId, Scope, TypedData,
+};
 
 // ---------------------------------------------------------------------------------------------
 // Counting allocator
@@ -132,7 +136,7 @@ fn notify_frame() -> Vec<u8> {
 
 /// Touches every message and every argument value; returns a count so nothing is dead.
 #[inline]
-fn walk<'a>(messages: impl Iterator<Item = spop_proto::Message<'a>>) -> usize {
+fn walk<'a>(messages: impl Iterator<Item = Message<'a>>) -> usize {
     let mut n = 0;
     for m in messages {
         black_box(m.name());
@@ -246,6 +250,86 @@ fn op_ack_prebuilt(actions: &Actions, wbuf: &mut BytesMut) {
     black_box(&wbuf[..]);
 }
 
+// ---- typed extraction and header blocks -----------------------------------------------------
+
+/// Three arguments of the 5-argument NOTIFY, as a handler would keep them.
+#[derive(Debug)]
+#[cfg_attr(feature = "serde", derive(serde::Deserialize))]
+#[allow(dead_code)] // the fields are consumed by `black_box`
+struct Extracted<'a> {
+    src: std::net::IpAddr,
+    path: &'a str,
+    n: i64,
+}
+
+/// `Message::get` three times (by name, typed, range-checked).
+#[inline]
+fn op_extract_get(notify: &Notify) -> Result<usize, ArgError> {
+    let m: Message<'_> = black_box(notify).message(MESSAGE).unwrap();
+    let e = Extracted {
+        src: m.get("src")?,
+        path: m.get("path")?,
+        n: m.get("n")?,
+    };
+    black_box(&e);
+    Ok(e.path.len())
+}
+
+/// `Message::deserialize` into the same struct (serde feature).
+#[cfg(feature = "serde")]
+#[inline]
+fn op_extract_serde(notify: &Notify) -> Result<usize, ArgError> {
+    let m = black_box(notify).message(MESSAGE).unwrap();
+    let e: Extracted<'_> = m.deserialize()?;
+    black_box(&e);
+    Ok(e.path.len())
+}
+
+/// A 20-header `req.hdrs_bin` block like a browser's request.
+fn header_block() -> Vec<u8> {
+    let mut headers: Vec<(String, String)> = vec![
+        ("host".into(), HOST.into()),
+        (
+            "user-agent".into(),
+            "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0".into(),
+        ),
+        (
+            "accept".into(),
+            "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8".into(),
+        ),
+        ("accept-language".into(), "en-US,en;q=0.5".into()),
+        ("accept-encoding".into(), "gzip, deflate, br, zstd".into()),
+        (
+            "cookie".into(),
+            "session=0123456789abcdef0123456789abcdef; theme=dark".into(),
+        ),
+    ];
+    for i in headers.len()..20 {
+        headers.push((
+            format!("x-custom-{i}"),
+            format!("value-{i}-{}", "z".repeat(i)),
+        ));
+    }
+    let mut b = Vec::new();
+    HeaderBlock::encode(headers.iter().map(|(n, v)| (n, v)), &mut b);
+    b
+}
+
+/// Validate a block, iterate every header, look up two (one near the end, one missing).
+#[inline]
+fn op_hdrs(block: &[u8]) -> usize {
+    let h = HeaderBlock::parse(black_box(block)).unwrap();
+    let mut n = 0;
+    for x in h.iter() {
+        black_box(x);
+        n += 1;
+    }
+    let ua = h.get("User-Agent").map_or(0, <[u8]>::len);
+    let missing = h.get("x-scanner").is_some();
+    black_box((ua, missing));
+    n
+}
+
 // ---------------------------------------------------------------------------------------------
 // Allocation report
 // ---------------------------------------------------------------------------------------------
@@ -287,7 +371,14 @@ fn allocation_report() {
     prebuilt.encode_ack(ID, &mut expected);
     assert_eq!(wbuf, expected);
 
-    let rows: Vec<(&str, f64, bool)> = vec![
+    let block = header_block();
+    assert_eq!(op_extract_get(&notify), Ok(PATH.len()));
+    #[cfg(feature = "serde")]
+    assert_eq!(op_extract_serde(&notify), Ok(PATH.len()));
+    assert_eq!(op_hdrs(&block), 20);
+
+    #[cfg_attr(not(feature = "serde"), allow(unused_mut))]
+    let mut rows: Vec<(&str, f64, bool)> = vec![
         (
             "baseline/memcpy_frame",
             allocs_per_op(|| op_memcpy(&frame, &mut dst)),
@@ -348,7 +439,29 @@ fn allocation_report() {
             allocs_per_op(|| op_ack_prebuilt(&prebuilt, &mut wbuf)),
             false,
         ),
+        (
+            "extract/get_3_args",
+            allocs_per_op(|| {
+                black_box(op_extract_get(&notify).unwrap());
+            }),
+            true,
+        ),
+        (
+            "hdrs_bin/parse_iterate_20_get_2",
+            allocs_per_op(|| {
+                black_box(op_hdrs(&block));
+            }),
+            true,
+        ),
     ];
+    #[cfg(feature = "serde")]
+    rows.push((
+        "extract/serde_3_args",
+        allocs_per_op(|| {
+            black_box(op_extract_serde(&notify).unwrap());
+        }),
+        true,
+    ));
 
     eprintln!();
     eprintln!(
@@ -422,7 +535,30 @@ fn bench_ack(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_baseline, bench_notify, bench_ack);
+fn bench_extract(c: &mut Criterion) {
+    let frame = notify_frame();
+    let payload = Bytes::copy_from_slice(split_frame(&frame, MAX_FRAME).unwrap().unwrap().1);
+    let notify = Notify::parse(ID, payload).unwrap();
+    let mut g = c.benchmark_group("extract");
+    g.bench_function("get_3_args", |b| b.iter(|| op_extract_get(&notify)));
+    #[cfg(feature = "serde")]
+    g.bench_function("serde_3_args", |b| b.iter(|| op_extract_serde(&notify)));
+    g.finish();
+
+    let block = header_block();
+    let mut g = c.benchmark_group("hdrs_bin");
+    g.throughput(Throughput::Bytes(block.len() as u64));
+    g.bench_function("parse_iterate_20_get_2", |b| b.iter(|| op_hdrs(&block)));
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    bench_baseline,
+    bench_notify,
+    bench_ack,
+    bench_extract
+);
 
 fn main() {
     allocation_report();

@@ -60,6 +60,41 @@ pub fn varint(data: &[u8]) {
     }
 }
 
+// ---- hdrs_bin --------------------------------------------------------------------------------
+
+/// Arbitrary bytes as a `req.hdrs_bin` block: [`HeaderBlock::parse`](crate::HeaderBlock::parse)
+/// never panics; a block it accepts iterates to exactly its count, re-encodes to the same
+/// bytes, and `get` finds the first header of each name (any case). The bytes also go
+/// through typed extraction as a BINARY argument (and the other types' conversions).
+pub fn hdrs_bin(data: &[u8]) {
+    use crate::{FromTypedData, HeaderBlock};
+    let parsed = HeaderBlock::parse(data);
+    if let Ok(h) = parsed {
+        let all: Vec<_> = h.iter().collect();
+        assert_eq!(all.len(), h.len());
+        let mut re = Vec::new();
+        HeaderBlock::encode(all.iter().map(|x| (x.name, x.value)), &mut re);
+        assert_eq!(re, data, "a valid header block re-encodes to itself");
+        for x in &all {
+            assert!(!x.name.is_empty());
+            if let Some(name) = x.name_str() {
+                let first = all
+                    .iter()
+                    .find(|y| y.name.eq_ignore_ascii_case(x.name))
+                    .map(|y| y.value);
+                assert_eq!(h.get(name), first);
+            }
+        }
+    }
+    let v = TypedData::Binary(data);
+    assert_eq!(
+        HeaderBlock::from_typed(v).map(|h| h.len()).ok(),
+        parsed.map(|h| h.len()).ok()
+    );
+    let _ = <&str>::from_typed(TypedData::String(data));
+    let _ = <Option<i64>>::from_typed(v);
+}
+
 // ---- roundtrip -------------------------------------------------------------------------------
 
 /// Builds typed values, NOTIFYs (through [`NotifyBuilder`]), ACKs (through [`Actions`]),
@@ -442,10 +477,10 @@ fn ack<'a>(
         let name = s.text();
         if b & 1 == 0 {
             let value = s.value();
-            actions.set_var(scope, &name, value);
+            actions.set_var_unchecked(scope, &name, value);
             model.push(ActionModel::Set(scope, name, value));
         } else {
-            actions.unset_var(scope, &name);
+            actions.unset_var_unchecked(scope, &name);
             model.push(ActionModel::Unset(scope, name));
         }
     }

@@ -11,6 +11,10 @@
 //! - [`varint`], [`TypedData`], [`KvList`]: the protocol's primitives.
 //! - [`frame`]: every frame type in both directions, a [`FrameDecoder`](frame::FrameDecoder)
 //!   that rejects oversized lengths before buffering, encoders producing whole frames.
+//! - Typed extraction ([`extract`]: [`Message::get`], [`FromTypedData`], [`ArgError`]; serde
+//!   behind the `serde` feature, module `de`), an owned value ([`OwnedTypedData`]), HAProxy's header
+//!   blocks ([`http`]: [`HeaderBlock`]) and the variable names HAProxy accepts ([`VarName`]).
+//!   Which Rust type each HAProxy fetch arrives as: [docs/fetch-types.md](https://github.com/spoa-rs/spoa-rs/blob/main/docs/fetch-types.md).
 //! - [`AgentConnection`]: the agent side state machine: handshake, health checks,
 //!   pipelining bookkeeping, fragment reassembly, drain, DISCONNECT with the right status.
 //!
@@ -63,11 +67,17 @@
 
 mod conn;
 mod data;
+#[cfg(feature = "serde")]
+pub mod de;
 mod error;
+pub mod extract;
 pub mod frame;
+pub mod http;
+mod owned;
 mod parse;
 mod status;
 pub mod varint;
+mod varname;
 
 #[doc(hidden)]
 pub mod fuzzing;
@@ -77,5 +87,9 @@ pub use conn::{
 };
 pub use data::{DataType, KvList, TypedData};
 pub use error::{AckError, ConnectionError, DecodeError, ProtocolError, TimeoutKind};
+pub use extract::{ArgError, ArgErrorKind, ArgRef, FromTypedData, ValueError};
 pub use frame::{Action, Actions, Message, Notify, NotifyId, Scope};
+pub use http::{Header, HeaderBlock, HeaderBlockError, HeaderIter};
+pub use owned::OwnedTypedData;
 pub use status::{FrameType, StatusCode};
+pub use varname::{MAX_FULL_VAR_NAME_LEN, VarName, VarNameError, is_valid_var_name};

@@ -32,6 +32,7 @@ const TARGETS: &[(&str, Target)] = &[
     ("connection", fuzzing::connection),
     ("varint", fuzzing::varint),
     ("roundtrip", fuzzing::roundtrip),
+    ("hdrs_bin", fuzzing::hdrs_bin),
 ];
 
 fn fuzz_dir() -> PathBuf {
@@ -761,6 +762,43 @@ fn seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     // roundtrip: scripts building values, NOTIFYs, ACKs, HELLOs and DISCONNECTs
     for (name, script) in roundtrip_seeds() {
         out.push(("roundtrip", format!("seed-{name}"), script));
+    }
+
+    // hdrs_bin: blocks as HAProxy builds them (curl's request, duplicates, a long value, an
+    // empty one), the empty block, and the ways to be malformed
+    let block = |headers: &[(&str, &str)]| {
+        let mut b = Vec::new();
+        spop_proto::HeaderBlock::encode(headers.iter().copied(), &mut b);
+        b
+    };
+    let curl = block(&[
+        ("host", "127.0.0.1:8080"),
+        ("user-agent", "curl/7.88.1"),
+        ("accept", "*/*"),
+    ]);
+    let long = "v".repeat(300);
+    for (name, bytes) in [
+        ("curl", curl.clone()),
+        ("empty", block(&[])),
+        (
+            "duplicates",
+            block(&[("cookie", "a=1"), ("host", "h"), ("cookie", "b=2")]),
+        ),
+        (
+            "long-value",
+            block(&[("x-long", long.as_str()), ("x-after", "kept")]),
+        ),
+        ("empty-value", block(&[("x-empty", ""), ("accept", "*/*")])),
+        ("truncated", curl[..curl.len() - 5].to_vec()),
+        ("no-end-marker", curl[..curl.len() - 2].to_vec()),
+        ("trailing-bytes", [&curl[..], b"\x00"].concat()),
+        ("empty-name", b"\x00\x01v\x00\x00".to_vec()),
+        (
+            "huge-length",
+            vec![0xff, 0xf0, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0xfe, 0x0e],
+        ),
+    ] {
+        out.push(("hdrs_bin", format!("seed-{name}"), bytes));
     }
     out
 }

@@ -14,58 +14,14 @@ use spop_proto::frame::{
     MessageList, encode_frame, split_frame,
 };
 use spop_proto::{
-    Action, Actions, DataType, DecodeError, FrameType, KvList, Notify, NotifyId, Scope, StatusCode,
-    TypedData, fuzzing, varint,
+    Action, Actions, DataType, DecodeError, FrameType, KvList, Notify, NotifyId, OwnedTypedData,
+    Scope, StatusCode, TypedData, fuzzing, varint,
 };
 
 // ---- owned models ----------------------------------------------------------------------------
 
-/// An owned [`TypedData`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Data {
-    Null,
-    Bool(bool),
-    Int32(i32),
-    Uint32(u32),
-    Int64(i64),
-    Uint64(u64),
-    Ipv4(Ipv4Addr),
-    Ipv6(Ipv6Addr),
-    String(Vec<u8>),
-    Binary(Vec<u8>),
-}
-
-impl Data {
-    fn typed(&self) -> TypedData<'_> {
-        match self {
-            Self::Null => TypedData::Null,
-            Self::Bool(v) => TypedData::Bool(*v),
-            Self::Int32(v) => TypedData::Int32(*v),
-            Self::Uint32(v) => TypedData::Uint32(*v),
-            Self::Int64(v) => TypedData::Int64(*v),
-            Self::Uint64(v) => TypedData::Uint64(*v),
-            Self::Ipv4(v) => TypedData::Ipv4(*v),
-            Self::Ipv6(v) => TypedData::Ipv6(*v),
-            Self::String(v) => TypedData::String(v),
-            Self::Binary(v) => TypedData::Binary(v),
-        }
-    }
-
-    fn own(t: TypedData<'_>) -> Self {
-        match t {
-            TypedData::Null => Self::Null,
-            TypedData::Bool(v) => Self::Bool(v),
-            TypedData::Int32(v) => Self::Int32(v),
-            TypedData::Uint32(v) => Self::Uint32(v),
-            TypedData::Int64(v) => Self::Int64(v),
-            TypedData::Uint64(v) => Self::Uint64(v),
-            TypedData::Ipv4(v) => Self::Ipv4(v),
-            TypedData::Ipv6(v) => Self::Ipv6(v),
-            TypedData::String(v) => Self::String(v.to_vec()),
-            TypedData::Binary(v) => Self::Binary(v.to_vec()),
-        }
-    }
-}
+/// The owned model of a value: the crate's own owned type.
+type Data = OwnedTypedData;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct Msg {
@@ -80,7 +36,7 @@ impl Msg {
             + self
                 .args
                 .iter()
-                .map(|(n, d)| raw_len(n.as_bytes()) + d.typed().encoded_len())
+                .map(|(n, d)| raw_len(n.as_bytes()) + d.as_typed().encoded_len())
                 .sum::<usize>()
     }
 }
@@ -97,7 +53,7 @@ impl Act {
             Self::Set(scope, name, value) => Action::SetVar {
                 scope: *scope,
                 name,
-                value: value.typed(),
+                value: value.as_typed(),
             },
             Self::Unset(scope, name) => Action::UnsetVar {
                 scope: *scope,
@@ -108,14 +64,18 @@ impl Act {
 
     fn push(&self, actions: &mut Actions) {
         match self {
-            Self::Set(scope, name, value) => actions.set_var(*scope, name, value.typed()),
-            Self::Unset(scope, name) => actions.unset_var(*scope, name),
+            Self::Set(scope, name, value) => {
+                actions.set_var_unchecked(*scope, name, value.as_typed())
+            }
+            Self::Unset(scope, name) => actions.unset_var_unchecked(*scope, name),
         };
     }
 
     fn encoded_len(&self) -> usize {
         match self {
-            Self::Set(_, name, value) => 3 + raw_len(name.as_bytes()) + value.typed().encoded_len(),
+            Self::Set(_, name, value) => {
+                3 + raw_len(name.as_bytes()) + value.as_typed().encoded_len()
+            }
             Self::Unset(_, name) => 3 + raw_len(name.as_bytes()),
         }
     }
@@ -291,8 +251,8 @@ fn data_with(max_blob: usize) -> impl Strategy<Value = Data> {
         u64s().prop_map(Data::Uint64),
         any::<[u8; 4]>().prop_map(|o| Data::Ipv4(o.into())),
         ipv6s().prop_map(Data::Ipv6),
-        blob(max_blob).prop_map(Data::String),
-        blob(max_blob).prop_map(Data::Binary),
+        blob(max_blob).prop_map(|b| Data::String(b.into())),
+        blob(max_blob).prop_map(|b| Data::Binary(b.into())),
     ]
 }
 
@@ -424,7 +384,7 @@ fn notify(id: NotifyId, msgs: &[Msg]) -> Notify {
     for m in msgs {
         b.message(&m.name);
         for (n, d) in &m.args {
-            b.arg(n, d.typed());
+            b.arg(n, d.as_typed());
         }
     }
     b.build()
@@ -444,7 +404,7 @@ fn own_msgs<'a>(list: impl IntoIterator<Item = spop_proto::Message<'a>>) -> Vec<
         .map(|m| {
             let args: Vec<_> = m
                 .args()
-                .map(|a| (a.name.to_owned(), Data::own(a.value)))
+                .map(|a| (a.name.to_owned(), Data::from(a.value)))
                 .collect();
             assert_eq!(args.len(), m.len());
             assert_eq!(m.is_empty(), args.is_empty());
@@ -458,7 +418,9 @@ fn own_msgs<'a>(list: impl IntoIterator<Item = spop_proto::Message<'a>>) -> Vec<
 
 fn own_action(a: Action<'_>) -> Act {
     match a {
-        Action::SetVar { scope, name, value } => Act::Set(scope, name.to_owned(), Data::own(value)),
+        Action::SetVar { scope, name, value } => {
+            Act::Set(scope, name.to_owned(), Data::from(value))
+        }
         Action::UnsetVar { scope, name } => Act::Unset(scope, name.to_owned()),
         other => panic!("unknown action {other:?}"),
     }
@@ -654,16 +616,16 @@ fn all_ten_types_round_trip() {
         Data::Uint64(u64::MAX),
         Data::Ipv4(Ipv4Addr::BROADCAST),
         Data::Ipv6(Ipv6Addr::LOCALHOST),
-        Data::String(Vec::new()),
-        Data::Binary(vec![0, 1, 0]),
+        Data::String(Bytes::new()),
+        Data::Binary(Bytes::from_static(&[0, 1, 0])),
     ];
     let mut seen = std::collections::BTreeSet::new();
     for d in &samples {
         let mut b = Vec::new();
-        d.typed().encode(&mut b);
+        d.as_typed().encode(&mut b);
         seen.insert(b[0] & 0x0F);
-        assert_eq!(DataType::from_byte(b[0]), Some(d.typed().data_type()));
-        assert_eq!(TypedData::decode(&b), Ok((d.typed(), b.len())));
+        assert_eq!(DataType::from_byte(b[0]), Some(d.as_typed().data_type()));
+        assert_eq!(TypedData::decode(&b), Ok((d.as_typed(), b.len())));
     }
     assert_eq!(seen.len(), 10);
 }
@@ -695,7 +657,7 @@ proptest! {
 
     #[test]
     fn typed_data_round_trip(d in data(), tail in vec(any::<u8>(), 0..4)) {
-        let t = d.typed();
+        let t = d.as_typed();
         let mut b = Vec::new();
         t.encode(&mut b);
         prop_assert_eq!(b.len(), t.encoded_len());
@@ -704,7 +666,7 @@ proptest! {
         // trailing bytes are not consumed
         b.extend_from_slice(&tail);
         let (v, n) = TypedData::decode(&b).unwrap();
-        prop_assert_eq!(&Data::own(v), &d);
+        prop_assert_eq!(&Data::from(v), &d);
         prop_assert_eq!(n, t.encoded_len());
         // every strict prefix is an error
         for cut in 0..t.encoded_len() {
@@ -746,26 +708,26 @@ proptest! {
     fn kv_list_round_trip(pairs in vec((key(), data()), 0..12)) {
         let mut b = Vec::new();
         for (k, d) in &pairs {
-            KvList::put(&mut b, k, d.typed());
+            KvList::put(&mut b, k, d.as_typed());
         }
         let got: Vec<(String, Data)> = KvList::new(&b)
-            .map(|r| r.map(|(k, v)| (k.to_owned(), Data::own(v))))
+            .map(|r| r.map(|(k, v)| (k.to_owned(), Data::from(v))))
             .collect::<Result<_, _>>()
             .unwrap();
         prop_assert_eq!(&got, &pairs);
-        prop_assert_eq!(b.len(), pairs.iter().map(|(k, d)| kv_len(k, d.typed())).sum::<usize>());
+        prop_assert_eq!(b.len(), pairs.iter().map(|(k, d)| kv_len(k, d.as_typed())).sum::<usize>());
     }
 
     #[test]
     fn kv_list_truncation(pairs in vec((key(), small_data()), 0..6)) {
         let mut b = Vec::new();
         for (k, d) in &pairs {
-            KvList::put(&mut b, k, d.typed());
+            KvList::put(&mut b, k, d.as_typed());
         }
-        let bounds = prefix_sums(pairs.iter().map(|(k, d)| kv_len(k, d.typed())));
+        let bounds = prefix_sums(pairs.iter().map(|(k, d)| kv_len(k, d.as_typed())));
         for cut in 0..=b.len() {
             let r: Result<Vec<(String, Data)>, _> = KvList::new(&b[..cut])
-                .map(|r| r.map(|(k, v)| (k.to_owned(), Data::own(v))))
+                .map(|r| r.map(|(k, v)| (k.to_owned(), Data::from(v))))
                 .collect();
             match bounds.iter().position(|&x| x == cut) {
                 Some(k) => prop_assert_eq!(r.unwrap(), pairs[..k].to_vec()),
@@ -790,9 +752,9 @@ proptest! {
             let first = msgs.iter().find(|x| x.name == m.name).unwrap();
             prop_assert_eq!(got.len(), first.args.len());
             for (i, (an, ad)) in first.args.iter().enumerate() {
-                prop_assert_eq!(got.arg_at(i), Some(ad.typed()));
+                prop_assert_eq!(got.arg_at(i), Some(ad.as_typed()));
                 let by_name = first.args.iter().find(|(x, _)| x == an).unwrap();
-                prop_assert_eq!(got.arg(an), Some(by_name.1.typed()));
+                prop_assert_eq!(got.arg(an), Some(by_name.1.as_typed()));
             }
             prop_assert_eq!(got.arg_at(first.args.len()), None);
         }
@@ -1080,5 +1042,53 @@ proptest! {
         }
         script.extend(ops);
         fuzzing::connection(&script);
+    }
+}
+
+// ---- header blocks (req.hdrs_bin) ------------------------------------------------------------
+
+fn header_list() -> impl Strategy<Value = Vec<(Vec<u8>, Vec<u8>)>> {
+    // names: short, non-empty, from a small alphabet (so duplicates and case variants occur);
+    // values: any bytes, sometimes longer than one-byte varints
+    let name = vec(select(b"aAbBxX-".to_vec()), 1..4);
+    let value = prop_oneof![vec(any::<u8>(), 0..8), vec(any::<u8>(), 230..300)];
+    vec((name, value), 0..30)
+}
+
+proptest! {
+    #[test]
+    fn header_block_roundtrip(headers in header_list()) {
+        let mut b = Vec::new();
+        spop_proto::HeaderBlock::encode(headers.iter().map(|(n, v)| (n, v)), &mut b);
+        prop_assert_eq!(b.len(), spop_proto::HeaderBlock::encoded_len(headers.iter().map(|(n, v)| (n, v))));
+        let h = spop_proto::HeaderBlock::parse(&b).unwrap();
+        prop_assert_eq!(h.len(), headers.len());
+        let got: Vec<(Vec<u8>, Vec<u8>)> = h.iter().map(|x| (x.name.to_vec(), x.value.to_vec())).collect();
+        prop_assert_eq!(&got, &headers);
+        for (n, _) in &headers {
+            let name = std::str::from_utf8(n).unwrap().to_ascii_uppercase();
+            let expected: Vec<&[u8]> = headers
+                .iter()
+                .filter(|(m, _)| m.eq_ignore_ascii_case(n))
+                .map(|(_, v)| v.as_slice())
+                .collect();
+            prop_assert_eq!(h.get_all(&name).collect::<Vec<_>>(), expected.clone());
+            prop_assert_eq!(h.get(&name), expected.first().copied());
+        }
+        // every strict prefix is an error, and so is any extra byte
+        for cut in 0..b.len() {
+            prop_assert!(spop_proto::HeaderBlock::parse(&b[..cut]).is_err(), "cut at {}", cut);
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        prop_assert_eq!(
+            spop_proto::HeaderBlock::parse(&longer),
+            Err(spop_proto::HeaderBlockError::TrailingBytes(1))
+        );
+    }
+
+    #[test]
+    fn header_block_arbitrary_bytes(data in vec(any::<u8>(), 0..64)) {
+        fuzzing::hdrs_bin(&data);
     }
 }

@@ -29,7 +29,8 @@ use std::time::{Duration, Instant};
 pub const SERIES: [&str; 4] = ["2.6", "3.0", "3.2", "3.4"];
 
 /// The placeholders of the templates (see tests/haproxy/README.md).
-const PLACEHOLDERS: [&str; 5] = [
+const PLACEHOLDERS: [&str; 6] = [
+    "@AGENT2_SERVER@",
     "@FRONTEND_PORT@",
     "@AGENT_ADDR@",
     "@SPOE_CONF@",
@@ -334,6 +335,15 @@ impl Drop for TempDir {
 pub fn agent_binary() -> PathBuf {
     static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
     BIN.get_or_init(|| find_or_build(&Artifact::Example("spoa-runtime", "ip_reputation")))
+        .clone()
+        .unwrap_or_else(|msg| panic!("{msg}"))
+}
+
+/// Path of the `bot_guard` example binary of spoa-runtime, built if needed (once per
+/// process), like [`agent_binary`].
+pub fn bot_guard_binary() -> PathBuf {
+    static BIN: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    BIN.get_or_init(|| find_or_build(&Artifact::Example("spoa-runtime", "bot_guard")))
         .clone()
         .unwrap_or_else(|msg| panic!("{msg}"))
 }
@@ -661,6 +671,8 @@ pub struct HaproxyConfig {
     pub agent_addr: SocketAddr,
     /// `option pipelining` or `no option pipelining` (`@PIPELINING@`).
     pub pipelining: bool,
+    /// A second agent server (`@AGENT2_SERVER@`, in templates that have it).
+    pub agent2_addr: Option<SocketAddr>,
 }
 
 impl HaproxyConfig {
@@ -671,6 +683,20 @@ impl HaproxyConfig {
             spoe_template: "spoe.conf.in",
             agent_addr,
             pipelining,
+            agent2_addr: None,
+        }
+    }
+
+    /// The bot-guard scenario: `haproxy-botguard.cfg.in` + `spoe-botguard.conf.in`, the
+    /// shipped `spoa-runtime/examples/bot_guard/` config plus two engines that send the
+    /// `hdrs` argument as NULL (paths under `/_null/`) or not at all (`/_absent/`).
+    pub fn bot_guard(agent_addr: SocketAddr, pipelining: bool) -> Self {
+        Self {
+            cfg_template: "haproxy-botguard.cfg.in",
+            spoe_template: "spoe-botguard.conf.in",
+            agent_addr,
+            pipelining,
+            agent2_addr: None,
         }
     }
 
@@ -683,6 +709,7 @@ impl HaproxyConfig {
             spoe_template: "spoe-echo.conf.in",
             agent_addr,
             pipelining,
+            agent2_addr: None,
         }
     }
 }
@@ -697,6 +724,23 @@ impl HaproxyConfig {
             spoe_template: "spoe-brownout.conf.in",
             agent_addr,
             pipelining,
+            agent2_addr: None,
+        }
+    }
+}
+
+impl HaproxyConfig {
+    /// The restart scenario: `haproxy-restart.cfg.in` + `spoe-restart.conf.in`, one server
+    /// `agent` (and `agent2` if given) in backend `be_agent` with `balance roundrobin` and
+    /// `check inter 1s fall 2 rise 2`; message `check` sends `path=path`; the reply body is
+    /// `path=<txn.rr.path> spoe_error=<txn.rr.error>\n`. Pipelining on.
+    pub fn restart(agent_addr: SocketAddr, agent2_addr: Option<SocketAddr>) -> Self {
+        Self {
+            cfg_template: "haproxy-restart.cfg.in",
+            spoe_template: "spoe-restart.conf.in",
+            agent_addr,
+            pipelining: true,
+            agent2_addr,
         }
     }
 }
@@ -798,6 +842,12 @@ impl HaproxyInstance {
         let config = read_template(cfg.cfg_template)
             .replace("@FRONTEND_PORT@", &port.to_string())
             .replace("@AGENT_ADDR@", &cfg.agent_addr.to_string())
+            .replace(
+                "@AGENT2_SERVER@",
+                &cfg.agent2_addr.map_or_else(String::new, |a| {
+                    format!("server agent2 {a} check inter 1s fall 2 rise 2")
+                }),
+            )
             .replace("@SPOE_CONF@", &spoe_path.display().to_string())
             .replace("@STATS_SOCKET@", &stats.display().to_string());
         for (text, name) in [(&spoe, cfg.spoe_template), (&config, cfg.cfg_template)] {

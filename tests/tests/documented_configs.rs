@@ -8,6 +8,7 @@ use spop_tests::interop::{config_warnings, haproxy, workspace_root};
 const CONFIGS: &[&str] = &[
     "docs/haproxy/echo/haproxy.cfg",
     "spoa-runtime/examples/ip_reputation/haproxy.cfg",
+    "spoa-runtime/examples/bot_guard/haproxy.cfg",
 ];
 
 fn check_all(series: &str) {

@@ -403,7 +403,7 @@ fn echo_handler() -> impl spoa_runtime::Handler {
         let mut actions = Actions::new();
         for m in req.messages() {
             for a in m.args() {
-                actions.set_var(Scope::Transaction, a.name, a.value);
+                actions.set_var_unchecked(Scope::Transaction, a.name, a.value);
             }
         }
         Ok::<_, std::convert::Infallible>(actions)

@@ -240,7 +240,66 @@ impl Actions {
 
     /// Adds a set-var action. `value` is anything convertible to [`TypedData`]: integers,
     /// `bool`, `&str`, `&[u8]`, IP addresses, `Option<T>` (`None` is NULL, which unsets).
+    ///
+    /// `name` must hold only `[A-Za-z0-9._]` (HAProxy silently ignores other names): a
+    /// `debug_assert!` checks it, so handler tests catch a bad literal; release builds do not
+    /// check. Use [`Actions::try_set_var`] for names computed at run time, and see
+    /// [`VarName`](crate::VarName) for the reasons and the 64-byte rule.
+    ///
+    /// ```
+    /// use spop_proto::{Actions, Scope};
+    /// let mut a = Actions::new();
+    /// a.set_var(Scope::Transaction, "score", 90i64).set_var(Scope::Transaction, "reason", "tool-ua");
+    /// assert_eq!(a.len(), 2);
+    /// ```
+    #[track_caller]
     pub fn set_var<'v>(
+        &mut self,
+        scope: Scope,
+        name: &str,
+        value: impl Into<TypedData<'v>>,
+    ) -> &mut Self {
+        debug_assert!(
+            crate::is_valid_var_name(name),
+            "variable name {name:?} holds bytes HAProxy refuses (only A-Z a-z 0-9 . _); \
+             use try_set_var for names computed at run time"
+        );
+        self.set_var_unchecked(scope, name, value)
+    }
+
+    /// Adds a set-var action after checking that HAProxy accepts `name` (`[A-Za-z0-9._]`).
+    ///
+    /// ```
+    /// use spop_proto::{Actions, Scope, VarNameError};
+    /// let mut a = Actions::new();
+    /// assert!(a.try_set_var(Scope::Transaction, "client_ip", 1i64).is_ok());
+    /// assert_eq!(
+    ///     a.try_set_var(Scope::Transaction, "client-ip", 1i64).unwrap_err(),
+    ///     VarNameError::InvalidByte { byte: b'-', index: 6 }
+    /// );
+    /// assert_eq!(a.len(), 1);
+    /// ```
+    pub fn try_set_var<'v>(
+        &mut self,
+        scope: Scope,
+        name: &str,
+        value: impl Into<TypedData<'v>>,
+    ) -> Result<&mut Self, crate::VarNameError> {
+        crate::VarName::try_new(name)?;
+        Ok(self.set_var_unchecked(scope, name, value))
+    }
+
+    /// Adds a set-var action without any check of `name`: for tools and tests that must
+    /// produce what HAProxy refuses. Agents use [`Actions::set_var`] or
+    /// [`Actions::try_set_var`].
+    ///
+    /// ```
+    /// use spop_proto::{Actions, Scope};
+    /// let mut a = Actions::new();
+    /// a.set_var_unchecked(Scope::Transaction, "not-valid", true);
+    /// assert_eq!(a.len(), 1);
+    /// ```
+    pub fn set_var_unchecked<'v>(
         &mut self,
         scope: Scope,
         name: &str,
@@ -258,12 +317,68 @@ impl Actions {
         self
     }
 
-    /// Adds an unset-var action.
+    /// Adds an unset-var action (`name` is checked like [`Actions::set_var`]'s).
+    ///
+    /// ```
+    /// use spop_proto::{Actions, Scope};
+    /// let mut a = Actions::new();
+    /// a.unset_var(Scope::Session, "flag");
+    /// assert_eq!(a.iter().next().unwrap().to_string(), "unset-var sess.flag");
+    /// ```
+    #[track_caller]
     pub fn unset_var(&mut self, scope: Scope, name: &str) -> &mut Self {
+        debug_assert!(
+            crate::is_valid_var_name(name),
+            "variable name {name:?} holds bytes HAProxy refuses (only A-Z a-z 0-9 . _); \
+             use try_unset_var for names computed at run time"
+        );
+        self.unset_var_unchecked(scope, name)
+    }
+
+    /// Adds an unset-var action after checking `name`, like [`Actions::try_set_var`].
+    ///
+    /// ```
+    /// use spop_proto::{Actions, Scope};
+    /// assert!(Actions::new().try_unset_var(Scope::Session, "a b").is_err());
+    /// ```
+    pub fn try_unset_var(
+        &mut self,
+        scope: Scope,
+        name: &str,
+    ) -> Result<&mut Self, crate::VarNameError> {
+        crate::VarName::try_new(name)?;
+        Ok(self.unset_var_unchecked(scope, name))
+    }
+
+    /// Adds an unset-var action without checking `name` (tools and tests).
+    ///
+    /// ```
+    /// use spop_proto::{Actions, Scope};
+    /// assert_eq!(Actions::new().unset_var_unchecked(Scope::Session, "").len(), 1);
+    /// ```
+    pub fn unset_var_unchecked(&mut self, scope: Scope, name: &str) -> &mut Self {
         self.reserve(3 + varint::MAX_LEN + name.len());
         self.buf.put_slice(&[UNSET_VAR, 2, scope as u8]);
         put_raw_str(&mut self.buf, name.as_bytes());
         self.count += 1;
+        self
+    }
+
+    /// Appends the actions of `other`, in order (a router merging the answers to several
+    /// messages).
+    ///
+    /// ```
+    /// use spop_proto::{Actions, Scope};
+    /// let mut a = Actions::new();
+    /// a.set_var(Scope::Transaction, "a", 1i64);
+    /// let mut b = Actions::new();
+    /// b.unset_var(Scope::Transaction, "b");
+    /// a.append(&b);
+    /// assert_eq!(a.iter().map(|x| x.to_string()).collect::<Vec<_>>(), ["set-var txn.a = int64:1", "unset-var txn.b"]);
+    /// ```
+    pub fn append(&mut self, other: &Self) -> &mut Self {
+        self.buf.extend_from_slice(&other.buf);
+        self.count += other.count;
         self
     }
 
