@@ -8,6 +8,9 @@ mod check;
 mod client;
 mod decode;
 mod echo;
+mod explain;
+mod genconfig;
+mod lint;
 mod net;
 mod null_agent;
 mod replay;
@@ -21,8 +24,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-/// SPOP (HAProxy SPOE) toolkit: agents, a client, a health check, a decoder and a load
-/// generator.
+/// SPOP (HAProxy SPOE) toolkit: agents, a client, a health check, a decoder, a replayer, a
+/// load generator, and tools for operators (explain, config, lint, tap).
+///
+/// `spoa <command> --help` shows each command's full help. Logs of the long-running commands
+/// (echo, null-agent, tap) go to stderr, filtered by RUST_LOG (default `info`, e.g.
+/// `RUST_LOG=debug` or `RUST_LOG=spoa_runtime=trace`).
 #[derive(Debug, Parser)]
 #[command(name = "spoa", version, propagate_version = true)]
 struct Cli {
@@ -30,22 +37,21 @@ struct Cli {
     command: Command,
 }
 
+// The commands' help is the doc comment of their Args struct (first paragraph: the short
+// help of `spoa --help`; all of it: `spoa <command> --help`): no doc comments here, they
+// would replace it.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the reference agent: every argument comes back as a variable.
     Echo(echo::EchoArgs),
-    /// Play HAProxy: HELLO, NOTIFY(s), DISCONNECT; print the ACKs.
     Client(client::ClientArgs),
-    /// Health-check an agent like HAProxy's `option spop-check`.
     Check(check::CheckArgs),
-    /// Pretty-print frames from hex or binary input.
     Decode(decode::DecodeArgs),
-    /// Send recorded frames to an agent and show the replies.
     Replay(replay::ReplayArgs),
-    /// Load-test an agent: throughput, latency percentiles, errors.
     Bench(bench::BenchArgs),
-    /// Run a null agent (empty ACK for every NOTIFY, payload never parsed): the I/O floor.
     NullAgent(null_agent::NullAgentArgs),
+    Explain(explain::ExplainArgs),
+    Config(genconfig::ConfigArgs),
+    Lint(lint::LintArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +85,9 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Client(a) => runtime(1)?.block_on(client::run(&a)),
         Command::Check(a) => runtime(1)?.block_on(check::run(&a)),
         Command::Replay(a) => runtime(1)?.block_on(replay::run(&a)),
+        Command::Explain(a) => explain::run(&a),
+        Command::Config(a) => genconfig::run(&a),
+        Command::Lint(a) => lint::run(&a),
     }
 }
 

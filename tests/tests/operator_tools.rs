@@ -1,0 +1,194 @@
+//! `spoa config` output against real HAProxy: `haproxy -c` accepts it without warnings on 2.6,
+//! 3.0, 3.2 and 3.4 (events and groups, with and without an application server), and the
+//! generated pair runs: HAProxy 3.2 in front of `spoa echo` answers with the variables the
+//! agent set.
+//!
+//! HAProxy is located or installed by `spop_tests::interop::haproxy` and `spoa` built by
+//! `spop_tests::interop::spoa_binary`; if either fails, the tests fail (they never skip).
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use spop_tests::interop::{
+    AgentProcess, TempDir, config_warnings, free_port, haproxy, http_get, spoa_binary, wait_until,
+};
+
+/// Runs `spoa config --out <dir> --force <args>` and panics with its output on failure.
+fn spoa_config(dir: &Path, args: &[&str]) {
+    let out = Command::new(spoa_binary())
+        .arg("config")
+        .arg("--out")
+        .arg(dir)
+        .arg("--force")
+        .args(args)
+        .output()
+        .expect("run spoa config");
+    assert!(
+        out.status.success(),
+        "spoa config {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `haproxy -c` of the generated config: valid, no warnings.
+fn check_valid(series: &str, dir: &Path, what: &str) {
+    let bin = haproxy(series);
+    let cfg = dir.join("haproxy.cfg");
+    let out = Command::new(&bin)
+        .args(["-c", "-f"])
+        .arg(&cfg)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = || {
+        format!(
+            "{text}\n--- haproxy.cfg\n{}\n--- spoe.conf\n{}",
+            std::fs::read_to_string(&cfg).unwrap_or_default(),
+            std::fs::read_to_string(dir.join("spoe.conf")).unwrap_or_default()
+        )
+    };
+    assert!(
+        out.status.success(),
+        "HAProxy {series} rejects the {what} config:\n{}",
+        shown()
+    );
+    assert!(
+        config_warnings(&text).is_empty(),
+        "HAProxy {series} warns about the {what} config:\n{}",
+        shown()
+    );
+}
+
+fn check_series(series: &str) {
+    let dir = TempDir::new(&format!("spoa-config-{series}"));
+    let cases: [(&str, &[&str]); 4] = [
+        ("event", &["--var", "verdict", "--var", "score"]),
+        (
+            "group",
+            &[
+                "--arg",
+                "app=var(txn.app)",
+                "--arg",
+                "src=src",
+                "--var",
+                "verdict",
+                "--server",
+                "127.0.0.1:9000",
+                "--also-agent",
+                "127.0.0.1:12346",
+            ],
+        ),
+        (
+            "response",
+            &[
+                "--arg",
+                "status=status",
+                "--arg",
+                "ct=res.hdr(content-type)",
+                "--var",
+                "x",
+            ],
+        ),
+        (
+            "unique-id and body",
+            &[
+                "--arg",
+                "uid=unique-id",
+                "--arg",
+                "body=req.body",
+                "--processing-timeout",
+                "2s",
+            ],
+        ),
+    ];
+    for (what, args) in cases {
+        let mut all = vec!["--series", series];
+        all.extend_from_slice(args);
+        spoa_config(dir.path(), &all);
+        check_valid(series, dir.path(), what);
+    }
+}
+
+#[test]
+fn config_is_valid_on_2_6() {
+    check_series("2.6");
+}
+
+#[test]
+fn config_is_valid_on_3_0() {
+    check_series("3.0");
+}
+
+#[test]
+fn config_is_valid_on_3_2() {
+    check_series("3.2");
+}
+
+#[test]
+fn config_is_valid_on_3_4() {
+    check_series("3.4");
+}
+
+/// The generated pair is runnable: HAProxy 3.2 + `spoa echo` answer a request with the
+/// variables the agent set from the message arguments.
+#[test]
+fn generated_config_runs_with_spoa_echo() {
+    let agent = AgentProcess::start_with(&spoa_binary(), &["echo", "--listen", "127.0.0.1:0"]);
+    let dir = TempDir::new("spoa-config-run");
+    let port = free_port();
+    let bind = format!("127.0.0.1:{port}");
+    let agent_addr = agent.addr().to_string();
+    spoa_config(
+        dir.path(),
+        &[
+            "--series",
+            "3.2",
+            "--bind",
+            &bind,
+            "--agent",
+            &agent_addr,
+            "--arg",
+            "src=src",
+            "--arg",
+            "path=path",
+            "--var",
+            "src",
+            "--var",
+            "path",
+        ],
+    );
+    let mut child = Command::new(haproxy("3.2"))
+        .arg("-db")
+        .arg("-f")
+        .arg(dir.path().join("haproxy.cfg"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start haproxy 3.2");
+    let want = "agent: src=127.0.0.1 path=/generated error=\n";
+    let got = wait_until(Duration::from_secs(10), || {
+        http_get(port, "/generated").ok().filter(|r| r.body == want)
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let got = got.unwrap_or_else(|| {
+        panic!(
+            "no reply {want:?} from HAProxy 3.2 with the generated config (last: {:?}); agent log:\n{}",
+            http_get(port, "/generated").map(|r| r.body),
+            agent.log()
+        )
+    });
+    assert_eq!(got.status, 200);
+    assert_eq!(
+        got.header("x-spoe-src"),
+        None,
+        "headers go to the server, not the client"
+    );
+}
