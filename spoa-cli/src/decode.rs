@@ -14,10 +14,21 @@ use spop_proto::{Action, DecodeError, FrameType, KvList, StatusCode};
 
 use crate::args::{InputFormat, decode_input, to_hex, typed_json};
 
-/// Pretty-print SPOP frames (hex or binary).
+/// Pretty-print SPOP frames from hex, binary or a `spoa tap` recording.
 ///
-/// Hex input ignores whitespace and `#` comments and accepts `"quoted strings"` for their
-/// bytes, so the worked frames of the protocol notes can be pasted as they are.
+/// Input is detected: a `spoa tap` recording (it starts with `SPOATAP`), hex text (any input
+/// that is text), or raw binary frames (anything else). Text that is not valid hex is an
+/// error naming the line, never read as binary; --hex and --bin force a format.
+///
+/// The hex grammar: pairs of hex digits, alone or run together (`00 00 00 07`, `00000007`,
+/// `0x07`); whitespace and commas are ignored; `#` comments run to the end of the line;
+/// `"quoted strings"` stand for their bytes (escapes `\" \\ \n \r \t \0 \xNN`). So the
+/// worked frames of the protocol notes can be pasted as they are.
+///
+/// Each frame is printed with its offset, type, flags and ids, then its KV-list, messages
+/// (unnamed arguments shown as `#0`, `#1`...) or actions. Malformed frames are reported with
+/// the status an agent would answer, and decoding goes on at the next frame when its length
+/// is sound. Exit status 1 when any frame is malformed.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DecodeArgs {
     /// File to read, or `-` for standard input.
@@ -52,8 +63,24 @@ pub(crate) fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
 
 pub(crate) fn run(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
     let raw = read_input(&args.input)?;
-    let data = decode_input(&raw, InputFormat::from_flags(args.hex, args.bin))
-        .map_err(|e| anyhow::anyhow!("cannot parse hex input: {e}"))?;
+    let data = match decode_input(&raw, InputFormat::from_flags(args.hex, args.bin)) {
+        Ok(d) => d,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "error": "not valid hex", "line": e.line, "message": e.message })
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            anyhow::bail!(
+                "{}: not valid hex at line {}: {} (binary input: --bin)",
+                args.input,
+                e.line,
+                e.message
+            );
+        }
+    };
     if data.is_empty() {
         anyhow::bail!("no input");
     }

@@ -47,7 +47,8 @@ pub(crate) struct EchoArgs {
     /// Time allowed for HAProxy's HELLO after a connection opens (e.g. `10s`, `500ms`).
     #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
     hello_timeout: std::time::Duration,
-    /// Worker threads; 0 means one per available core (1 runs a single-threaded runtime).
+    /// Worker threads: 0 (the default of every spoa command) means one per available core,
+    /// within the CPU affinity `taskset` sets; 1 runs a single-threaded runtime.
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
 }

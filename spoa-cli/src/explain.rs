@@ -465,7 +465,7 @@ mod tests {
         assert_eq!(l.fields.len(), 4);
         let e = explain_line(&l).unwrap();
         assert_eq!(e.json["format"], "2.x");
-        let l = parse_log_line("SPOE: [a] <GROUP:g> sid=3 st=257 1/1 1/4").unwrap();
+        let l = parse_log_line("SPOE: [a] <GROUP:g> sid=3 st=257 1 1/4").unwrap();
         let e = explain_line(&l).unwrap();
         assert_eq!(e.json["format"], "3.1+");
         assert_eq!(e.json["status"]["status"]["code"], 1);

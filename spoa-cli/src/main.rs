@@ -84,7 +84,17 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Client(a) => runtime(1)?.block_on(client::run(&a)),
         Command::Check(a) => runtime(1)?.block_on(check::run(&a)),
-        Command::Replay(a) => runtime(1)?.block_on(replay::run(&a)),
+        Command::Replay(a) => match runtime(1)?.block_on(replay::run(&a)) {
+            // under --json a failure is JSON on stdout too
+            Err(e) if a.json => {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": format!("{e:#}") })
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            other => other,
+        },
         Command::Explain(a) => explain::run(&a),
         Command::Config(a) => genconfig::run(&a),
         Command::Lint(a) => lint::run(&a),

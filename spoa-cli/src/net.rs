@@ -185,6 +185,8 @@ pub(crate) enum RecvError {
     Decode {
         offset: u64,
         error: DecodeError,
+        /// The bytes look like HTTP.
+        http: bool,
     },
 }
 
@@ -197,16 +199,38 @@ impl fmt::Display for RecvError {
                 f,
                 "connection closed in the middle of a frame at offset {offset} ({buffered} bytes received)"
             ),
-            Self::Decode { offset, error } => write!(
-                f,
-                "malformed frame at offset {offset}: {error} (status {})",
-                error.status()
-            ),
+            Self::Decode {
+                offset,
+                error,
+                http,
+            } => {
+                write!(
+                    f,
+                    "malformed frame at offset {offset}: {error} (status {})",
+                    error.status()
+                )?;
+                if *http {
+                    f.write_str(HTTP_HINT)?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
 impl std::error::Error for RecvError {}
+
+/// Said when the peer's bytes look like HTTP.
+pub(crate) const HTTP_HINT: &str = "; the peer speaks HTTP, not SPOP: is this the address of \
+     an HTTP server (HAProxy's frontend, an admin or metrics port) instead of the agent?";
+
+/// The start of an HTTP response or request.
+pub(crate) fn looks_like_http(buf: &[u8]) -> bool {
+    const STARTS: [&[u8]; 6] = [b"HTTP/", b"GET ", b"POST ", b"HEAD ", b"PUT ", b"<!DOC"];
+    STARTS
+        .iter()
+        .any(|s| buf.len() >= 4 && s.starts_with(&buf[..buf.len().min(s.len())]))
+}
 
 /// Reads whole frames off a stream, tracking byte offsets.
 #[derive(Debug)]
@@ -276,6 +300,7 @@ impl FrameConn {
                     return Err(RecvError::Decode {
                         offset: self.offset,
                         error,
+                        http: looks_like_http(&self.rbuf),
                     });
                 }
             }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use bytes::BytesMut;
+use serde_json::{Value, json};
 use spop_proto::frame::{
     DEFAULT_MAX_FRAME_SIZE, Disconnect, FrameHeader, HaproxyHello, split_frame,
 };
@@ -15,10 +16,22 @@ use crate::client::{HAPROXY_PIPELINE_LIMIT, check_agent_hello, encode_notify};
 use crate::decode::{decode_frame, read_input};
 use crate::net::{FrameConn, Received, connect};
 
-/// Send recorded HAProxy-side frames (hex or binary, as `spoa decode` reads them) and print
-/// the agent's replies decoded. Agent-side frames in the recording are skipped. A HELLO is sent first when the recording has none; every
-/// NOTIFY must be ACKed within --timeout. Without a DISCONNECT in the recording, one
-/// (status 0) ends the session.
+/// Send recorded HAProxy-side frames to an agent and show (or compare) its replies.
+///
+/// The input is what `spoa decode` reads: hex, binary, or a `spoa tap` recording.
+///
+/// Hex or binary frames: the HAProxy-side frames (HELLO, NOTIFY, DISCONNECT) are sent in
+/// order on one connection and the agent's replies are printed decoded. Added: a HELLO
+/// first when the recording has none (max-frame-size --max-frame-size, `pipelining`), and a
+/// DISCONNECT (status 0) at the end when it has none. Skipped: agent-side frames (AGENT-HELLO,
+/// ACK, AGENT-DISCONNECT) and anything after a DISCONNECT. NOTIFYs are pipelined (at most 20
+/// in flight, 1 without pipelining) and each must be ACKed within --timeout; --rewrite-ids
+/// renumbers them.
+///
+/// A `spoa tap` recording: every recorded connection is replayed in turn, HAProxy's side as
+/// recorded (garbage included), and each reply is compared with the one the agent sent when
+/// recorded: ACKs by stream-id/frame-id, byte for byte. Differences are listed; exit status
+/// 1 when there is any, or on any error.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ReplayArgs {
     /// Agent address: host:port, or a Unix socket (unix:/path or any path with a '/').
@@ -41,9 +54,14 @@ pub(crate) struct ReplayArgs {
     /// max-frame-size offered by the HELLO added when the recording has none.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     max_frame_size: u32,
+    /// Print one JSON object at the end instead of text.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 struct Session {
+    /// JSON mode: the events, printed at the end.
+    events: Option<Vec<Value>>,
     conn: FrameConn,
     in_flight: Vec<NotifyId>,
     pipelining: bool,
@@ -52,6 +70,43 @@ struct Session {
 }
 
 impl Session {
+    /// One line of output (text mode) or one event (JSON mode).
+    fn say(&mut self, text: &str, event: impl FnOnce() -> Value) {
+        match &mut self.events {
+            Some(ev) => ev.push(event()),
+            None => println!("{text}"),
+        }
+    }
+
+    /// A frame received from the agent.
+    fn received(&mut self, f: &Received) -> bool {
+        match decode_frame(f.offset, f.len, &f.header, &f.payload) {
+            Ok(d) => {
+                let json = d.json.clone();
+                self.say(
+                    &format!("<- {}", d.text.trim_end()),
+                    || json!({"direction": "received", "frame": json}),
+                );
+                true
+            }
+            Err(e) => {
+                self.say(
+                    &format!(
+                        "<- malformed {} at offset {}: {e} (status {})",
+                        f.header.frame_type,
+                        f.offset,
+                        e.status()
+                    ),
+                    || {
+                        json!({"direction": "received", "malformed": f.header.frame_type.name(),
+                               "offset": f.offset, "error": e.to_string()})
+                    },
+                );
+                false
+            }
+        }
+    }
+
     /// Reads, prints and accounts one reply.
     async fn reply(&mut self) -> anyhow::Result<Received> {
         let f = self
@@ -60,17 +115,8 @@ impl Session {
             .await
             .with_context(|| format!("{} NOTIFY(s) without ACK", self.in_flight.len()))?
             .ok_or_else(|| anyhow!("the agent closed the connection"))?;
-        match decode_frame(f.offset, f.len, &f.header, &f.payload) {
-            Ok(d) => print!("<- {}", d.text),
-            Err(e) => {
-                println!(
-                    "<- malformed {} at offset {}: {e} (status {})",
-                    f.header.frame_type,
-                    f.offset,
-                    e.status()
-                );
-                self.errors += 1;
-            }
+        if !self.received(&f) {
+            self.errors += 1;
         }
         if f.header.frame_type == FrameType::ACK {
             let id = f.header.id();
@@ -79,7 +125,10 @@ impl Session {
                     self.in_flight.remove(pos);
                 }
                 None => {
-                    println!("   ^ ACK for an unknown NOTIFY ({id})");
+                    self.say(
+                        &format!("   ^ ACK for an unknown NOTIFY ({id})"),
+                        || json!({"error": format!("ACK for an unknown NOTIFY ({id})")}),
+                    );
                     self.errors += 1;
                 }
             }
@@ -100,8 +149,14 @@ impl Session {
 
 pub(crate) async fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
     let raw = read_input(&args.file)?;
-    let data = decode_input(&raw, InputFormat::from_flags(args.hex, args.bin))
-        .map_err(|e| anyhow!("cannot parse hex input: {e}"))?;
+    let data = decode_input(&raw, InputFormat::from_flags(args.hex, args.bin)).map_err(|e| {
+        anyhow!(
+            "{}: not valid hex at line {}: {} (binary input: --bin)",
+            args.file,
+            e.line,
+            e.message
+        )
+    })?;
     // (header, offset, total length, payload offset within the frame)
     let mut frames: Vec<(FrameHeader, usize, usize, usize)> = Vec::new();
     let mut pos = 0;
@@ -123,6 +178,7 @@ pub(crate) async fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         .await
         .with_context(|| format!("cannot connect to {}", args.connect))?;
     let mut s = Session {
+        events: args.json.then(Vec::new),
         conn: FrameConn::new(io, args.max_frame_size.max(DEFAULT_MAX_FRAME_SIZE)),
         in_flight: Vec::new(),
         pipelining: false,
@@ -163,14 +219,21 @@ pub(crate) async fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                     s.conn.send(bytes).await?;
                     h.id()
                 };
-                println!(
-                    "-> NOTIFY {id}{} ({} bytes)",
-                    if args.rewrite_ids {
-                        format!(" (recorded as {})", h.id())
-                    } else {
-                        String::new()
+                s.say(
+                    &format!(
+                        "-> NOTIFY {id}{} ({} bytes)",
+                        if args.rewrite_ids {
+                            format!(" (recorded as {})", h.id())
+                        } else {
+                            String::new()
+                        },
+                        len
+                    ),
+                    || {
+                        json!({"direction": "sent", "type": "NOTIFY", "stream_id": id.stream_id,
+                               "frame_id": id.frame_id, "recorded_stream_id": h.stream_id,
+                               "recorded_frame_id": h.frame_id, "length": len})
                     },
-                    len
                 );
                 s.in_flight.push(id);
             }
@@ -178,23 +241,30 @@ pub(crate) async fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
                 s.wait_acks(0).await?;
                 finish(&mut s, bytes).await?;
                 if i + 1 < frames.len() {
-                    println!(
-                        "warning: {} frame(s) after the DISCONNECT not sent",
-                        frames.len() - i - 1
+                    let n = frames.len() - i - 1;
+                    s.say(
+                        &format!("warning: {n} frame(s) after the DISCONNECT not sent"),
+                        || json!({"skipped": n, "why": "after the DISCONNECT"}),
                     );
                 }
                 disconnected = true;
                 break;
             }
             t if is_agent_side(t) => {
-                println!(
-                    "-- {} at offset {start} skipped (an agent-side frame)",
-                    h.frame_type
+                s.say(
+                    &format!(
+                        "-- {} at offset {start} skipped (an agent-side frame)",
+                        h.frame_type
+                    ),
+                    || json!({"skipped": h.frame_type.name(), "offset": start}),
                 );
             }
             other => {
                 s.conn.send(bytes).await?;
-                println!("-> {other} ({len} bytes, sent as recorded)");
+                s.say(
+                    &format!("-> {other} ({len} bytes, sent as recorded)"),
+                    || json!({"direction": "sent", "type": other.name(), "length": len}),
+                );
             }
         }
     }
@@ -209,6 +279,12 @@ pub(crate) async fn run(args: &ReplayArgs) -> anyhow::Result<ExitCode> {
         );
         let bye = out.split();
         finish(&mut s, &bye).await?;
+    }
+    if let Some(events) = &s.events {
+        println!(
+            "{}",
+            json!({ "events": events, "errors": s.errors, "ok": s.errors == 0 })
+        );
     }
     Ok(if s.errors == 0 {
         ExitCode::SUCCESS
@@ -238,15 +314,24 @@ async fn hello_exchange(s: &mut Session, hello: &[u8], what: &str) -> anyhow::Re
         .and_then(|p| p.capabilities)
         .map(|c| String::from_utf8_lossy(c).into_owned())
         .unwrap_or_default();
-    println!(
-        "-> {} ({what}, {} bytes, max-frame-size {offered}, capabilities \"{caps}\")",
-        h.frame_type,
-        hello.len()
+    s.say(
+        &format!(
+            "-> {} ({what}, {} bytes, max-frame-size {offered}, capabilities \"{caps}\")",
+            h.frame_type,
+            hello.len()
+        ),
+        || {
+            json!({"direction": "sent", "type": h.frame_type.name(), "hello": what,
+                   "max_frame_size": offered, "capabilities": caps})
+        },
     );
     let f = s.reply().await?;
     match check_agent_hello(&f, offered, &caps) {
         Ok(n) => {
-            println!("   negotiated: {}", n.text());
+            s.say(
+                &format!("   negotiated: {}", n.text()),
+                || json!({ "negotiated": n.json() }),
+            );
             s.pipelining = n.pipelining;
             s.conn.max_frame_size = n.max_frame_size;
             Ok(())
@@ -258,25 +343,31 @@ async fn hello_exchange(s: &mut Session, hello: &[u8], what: &str) -> anyhow::Re
 /// Sends a DISCONNECT and waits for the agent's.
 async fn finish(s: &mut Session, frame: &[u8]) -> anyhow::Result<()> {
     s.conn.send(frame).await?;
-    println!("-> HAPROXY-DISCONNECT ({} bytes)", frame.len());
+    s.say(
+        &format!("-> HAPROXY-DISCONNECT ({} bytes)", frame.len()),
+        || json!({"direction": "sent", "type": "HAPROXY-DISCONNECT", "length": frame.len()}),
+    );
     loop {
         match s.conn.recv(s.timeout).await {
             Ok(Some(f)) => {
-                match decode_frame(f.offset, f.len, &f.header, &f.payload) {
-                    Ok(d) => print!("<- {}", d.text),
-                    Err(e) => println!("<- malformed {}: {e}", f.header.frame_type),
-                }
+                s.received(&f);
                 if f.header.frame_type == FrameType::AGENT_DISCONNECT {
                     s.conn.shutdown().await;
                     return Ok(());
                 }
             }
             Ok(None) => {
-                println!("warning: the agent closed the connection without AGENT-DISCONNECT");
+                s.say(
+                    "warning: the agent closed the connection without AGENT-DISCONNECT",
+                    || json!({"warning": "closed without AGENT-DISCONNECT"}),
+                );
                 return Ok(());
             }
             Err(e) => {
-                println!("warning: no AGENT-DISCONNECT: {e}");
+                s.say(
+                    &format!("warning: no AGENT-DISCONNECT: {e}"),
+                    || json!({"warning": format!("no AGENT-DISCONNECT: {e}")}),
+                );
                 s.errors += 1;
                 return Ok(());
             }

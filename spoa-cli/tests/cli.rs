@@ -193,12 +193,40 @@ fn every_subcommand_has_help() {
         "replay",
         "bench",
         "null-agent",
+        "explain",
+        "config",
+        "lint",
     ] {
         let out = spoa(&[sub, "--help"]);
         assert!(out.ok(), "{sub}: {out:?}");
         assert!(out.stdout.contains("Usage: spoa"), "{sub}: {out:?}");
+        // the long help (the doc comment after its first paragraph) reaches --help
+        let short = spoa(&[sub, "-h"]);
+        assert!(
+            out.stdout.len() > short.stdout.len(),
+            "{sub}: --help is not longer than -h:\n{out:?}"
+        );
     }
-    assert!(spoa(&["--help"]).ok());
+    let top = spoa(&["--help"]);
+    assert!(top.ok() && top.stdout.contains("RUST_LOG"), "{top:?}");
+    // what each long help must say
+    for (sub, needle) in [
+        ("echo", "arg0"),
+        ("echo", "RUST_LOG"),
+        ("decode", "`#` comments"),
+        ("decode", "not valid hex"),
+        ("replay", "skipped"),
+        ("replay", "HELLO is sent first"),
+        ("bench", "one per available core"),
+        ("echo", "one per available core"),
+        ("null-agent", "one per available core"),
+    ] {
+        let out = spoa(&[sub, "--help"]);
+        assert!(
+            out.stdout.contains(needle),
+            "{sub} --help lacks {needle:?}:\n{out:?}"
+        );
+    }
 }
 
 const ALL_TYPES: &[&str] = &[
@@ -1052,4 +1080,184 @@ fn bench_counts_connect_errors() {
     let doc = out.json();
     assert_eq!(doc["errors"]["connect"], 2);
     assert_eq!(doc["requests"], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// coherence: hex errors, spaced bin args, bench without completions, HTTP peers, --json
+
+#[test]
+fn decode_reports_text_that_is_not_hex() {
+    let out = spoa_with_input(&["decode"], b"hello world\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("not valid hex at line 1"), "{out:?}");
+    assert!(!out.stdout.contains("frame"), "read as binary: {out:?}");
+    let out = spoa_with_input(&["decode"], b"# a comment\n00 00 00 07\n67 00 0\n");
+    assert!(
+        out.stderr.contains("line 3: odd number of hex digits"),
+        "{out:?}"
+    );
+    let out = spoa_with_input(&["decode", "--json"], b"00 00\n00 zz\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["error"], "not valid hex");
+    assert_eq!(doc["line"], 2);
+    assert!(doc["message"].as_str().unwrap().contains("'z'"), "{doc}");
+    // binary input is still detected
+    let out = spoa_with_input(&["decode"], &[0, 0, 0, 7, 0x67, 0, 0, 0, 1, 1, 1]);
+    assert!(out.ok(), "{out:?}");
+}
+
+#[test]
+fn client_accepts_spaced_bin_values() {
+    let agent = echo();
+    let out = spoa(&[
+        "client",
+        "--connect",
+        &agent.addr,
+        "--message",
+        "m",
+        "--arg",
+        "b=bin:00 ff 10",
+        "--json",
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    assert_eq!(
+        doc["acks"][0]["actions"][0]["value"]["value"], "00ff10",
+        "{doc}"
+    );
+}
+
+#[test]
+fn check_json_healthy_and_unhealthy() {
+    let agent = echo();
+    let out = spoa(&["check", "--json", "--connect", &agent.addr]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["healthy"], true);
+    assert_eq!(doc["negotiated"]["version"], "2.0");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = spoa(&["check", "--json", "--connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["healthy"], false);
+    assert!(
+        doc["error"].as_str().unwrap().contains("cannot connect"),
+        "{doc}"
+    );
+}
+
+/// A peer that answers every connection like an HTTP server.
+fn http_peer() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn http_peer_gets_a_hint() {
+    let addr = http_peer();
+    let out = spoa(&["check", "--connect", &addr]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("the peer speaks HTTP"), "{out:?}");
+    let out = spoa(&["client", "--connect", &addr, "--message", "m"]);
+    assert!(out.stderr.contains("the peer speaks HTTP"), "{out:?}");
+}
+
+#[test]
+fn bench_with_nothing_completed_fails_clearly_and_in_time() {
+    // an HTTP peer: the handshake fails
+    let addr = http_peer();
+    let out = spoa(&["bench", "--connect", &addr, "--duration", "1s", "--quiet"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("no request completed"), "{out:?}");
+    assert!(out.stdout.contains("latency     none"), "{out:?}");
+    let out = spoa(&[
+        "bench",
+        "--connect",
+        &addr,
+        "--duration",
+        "1s",
+        "--quiet",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.json()["latency_us"]["p50"].is_null(), "{out:?}");
+    // a silent peer: the handshake wait ends with --duration, not --timeout
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let out = spoa(&[
+        "bench",
+        "--connect",
+        &addr,
+        "--duration",
+        "500ms",
+        "--timeout",
+        "30s",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("500ms"),
+        "the wait is not bounded by --duration: {out:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "{out:?}");
+    drop(silent);
+}
+
+#[test]
+fn replay_json() {
+    let agent = echo();
+    let path = temp_path("replay-json.hex");
+    std::fs::write(
+        &path,
+        "# NOTIFY sid 1 fid 1: message m, arg n=int64:1\n00 00 00 0e 03 00 00 00 01 01 01 01 6d 01 01 6e 03 01\n",
+    )
+    .unwrap();
+    let out = spoa(&[
+        "replay",
+        "--json",
+        "--connect",
+        &agent.addr,
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["ok"], true, "{doc}");
+    let events = doc["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["frame"]["type"] == "ACK" && e["frame"]["actions"][0]["name"] == "n"),
+        "{doc}"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = spoa(&[
+        "replay",
+        "--json",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.json()["ok"], false);
+    let _ = std::fs::remove_file(path);
 }
