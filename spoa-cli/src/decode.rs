@@ -63,6 +63,9 @@ pub(crate) fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
 
 pub(crate) fn run(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
     let raw = read_input(&args.input)?;
+    if crate::recording::is_recording(&raw) && !args.hex && !args.bin {
+        return decode_recording(args, &raw);
+    }
     let data = match decode_input(&raw, InputFormat::from_flags(args.hex, args.bin)) {
         Ok(d) => d,
         Err(e) => {
@@ -107,6 +110,111 @@ pub(crate) fn run(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
         print!("{out}");
     }
     Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints a `spoa tap` recording: every record with its time, connection and direction,
+/// frames decoded.
+fn decode_recording(args: &DecodeArgs, raw: &[u8]) -> anyhow::Result<ExitCode> {
+    use crate::recording::{self, Kind};
+    let rec = recording::parse(raw).map_err(|e| anyhow::anyhow!("{}: {e}", args.input))?;
+    let mut out = String::new();
+    let mut records = Vec::new();
+    let mut malformed = 0u64;
+    let _ = writeln!(
+        out,
+        "spoa tap recording, started at {} (µs since the Unix epoch), {} records",
+        rec.start_unix_us,
+        rec.records.len()
+    );
+    for r in &rec.records {
+        #[allow(clippy::cast_precision_loss)]
+        let secs = r.time_us as f64 / 1e6;
+        let _ = write!(out, "[{secs:>12.6}] #{} {}: ", r.conn, r.kind.label());
+        let mut obj = json!({
+            "offset": r.offset, "time_us": r.time_us, "conn": r.conn, "kind": r.kind.label(),
+        });
+        match r.kind {
+            Kind::ToAgent | Kind::ToHaproxy => {
+                let d = &r.data;
+                match split_frame(d, u32::MAX) {
+                    Ok(Some((h, payload, _))) => {
+                        match decode_frame(r.offset as u64, d.len() - 4, &h, payload) {
+                            Ok(f) => {
+                                // "frame at offset N: " is the record's; keep the rest
+                                let text = f.text.split_once(": ").map_or(f.text.as_str(), |x| x.1);
+                                out.push_str(text);
+                                obj["frame"] = f.json;
+                            }
+                            Err(e) => {
+                                malformed += 1;
+                                let _ = writeln!(
+                                    out,
+                                    "malformed {} ({e}, status {}): {}",
+                                    h.frame_type,
+                                    e.status(),
+                                    to_hex(d)
+                                );
+                                obj["error"] = json!(e.to_string());
+                                obj["hex"] = json!(to_hex(d));
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        malformed += 1;
+                        let _ = writeln!(out, "malformed frame: {}", to_hex(d));
+                        obj["error"] = json!("malformed frame");
+                        obj["hex"] = json!(to_hex(d));
+                    }
+                }
+            }
+            Kind::GarbageToAgent | Kind::GarbageToHaproxy => {
+                let shown = &r.data[..r.data.len().min(64)];
+                let _ = writeln!(
+                    out,
+                    "{} bytes that are not SPOP frames{}: {}{}\n  text: {:?}",
+                    r.data.len(),
+                    if crate::net::looks_like_http(&r.data) {
+                        " (HTTP)"
+                    } else {
+                        ""
+                    },
+                    to_hex(shown),
+                    if r.data.len() > 64 { "..." } else { "" },
+                    String::from_utf8_lossy(shown)
+                );
+                obj["hex"] = json!(to_hex(&r.data));
+            }
+            Kind::Open | Kind::Close | Kind::Note => {
+                let text = String::from_utf8_lossy(&r.data);
+                let _ = writeln!(out, "{text}");
+                obj["text"] = json!(text);
+            }
+        }
+        records.push(obj);
+    }
+    if let Some(at) = rec.truncated_at {
+        let _ = writeln!(
+            out,
+            "the file ends inside a record at offset {at} (the tap was stopped abruptly)"
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "recording": { "start_unix_us": rec.start_unix_us, "truncated_at": rec.truncated_at },
+                "records": records,
+                "malformed": malformed,
+            })
+        );
+    } else {
+        print!("{out}");
+    }
+    Ok(if malformed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

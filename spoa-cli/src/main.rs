@@ -13,7 +13,9 @@ mod genconfig;
 mod lint;
 mod net;
 mod null_agent;
+mod recording;
 mod replay;
+mod tap;
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -52,6 +54,7 @@ enum Command {
     Explain(explain::ExplainArgs),
     Config(genconfig::ConfigArgs),
     Lint(lint::LintArgs),
+    Tap(tap::TapArgs),
 }
 
 fn main() -> ExitCode {
@@ -98,6 +101,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Explain(a) => explain::run(&a),
         Command::Config(a) => genconfig::run(&a),
         Command::Lint(a) => lint::run(&a),
+        Command::Tap(a) => {
+            init_logging();
+            runtime(a.threads)?.block_on(tap::run(&a))
+        }
     }
 }
 

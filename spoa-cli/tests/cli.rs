@@ -196,6 +196,7 @@ fn every_subcommand_has_help() {
         "explain",
         "config",
         "lint",
+        "tap",
     ] {
         let out = spoa(&[sub, "--help"]);
         assert!(out.ok(), "{sub}: {out:?}");
@@ -1260,4 +1261,106 @@ fn replay_json() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
     assert_eq!(out.json()["ok"], false);
     let _ = std::fs::remove_file(path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tap
+
+#[test]
+fn tap_stops_recording_at_the_size_limit_and_keeps_forwarding() {
+    let agent = echo();
+    let file = temp_path("limit.spoatap");
+    let f = file.to_str().unwrap();
+    let mut tap = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &agent.addr,
+        "--record",
+        f,
+        "--max-bytes",
+        "4096",
+    ]);
+    let out = spoa(&[
+        "client",
+        "--connect",
+        &tap.addr,
+        "--message",
+        "m",
+        "--arg",
+        "s=str:0123456789abcdef",
+        "--repeat",
+        "100",
+        "--json",
+    ]);
+    assert!(out.ok(), "forwarding stopped with the recording: {out:?}");
+    assert_eq!(out.json()["acks"].as_array().unwrap().len(), 100);
+    // an existing file is not overwritten without --force
+    let again = spoa(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &agent.addr,
+        "--record",
+        f,
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(again.stderr.contains("--force"), "{again:?}");
+    unsafe_kill(tap.pid(), "TERM");
+    assert!(
+        tap.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size <= 4096, "{size} bytes");
+    let out = spoa(&["decode", f]);
+    assert!(out.ok(), "{out:?}");
+    assert!(out.stdout.contains("note: recording stopped"), "{out:?}");
+    let _ = std::fs::remove_file(&file);
+}
+
+/// `kill -SIG pid` (the test crate has no libc binding).
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+#[test]
+fn tap_records_agent_side_garbage() {
+    // an "agent" that answers the HELLO with text
+    let (addr, _peer) = broken_agent(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec());
+    let file = temp_path("garbage.spoatap");
+    let f = file.to_str().unwrap();
+    let mut tap = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &addr,
+        "--record",
+        f,
+    ]);
+    let out = spoa(&["check", "--connect", &tap.addr]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("the peer speaks HTTP"), "{out:?}");
+    unsafe_kill(tap.pid(), "TERM");
+    assert!(
+        tap.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let out = spoa(&["decode", "--json", f]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    let kinds: Vec<&str> = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"agent->haproxy garbage"), "{doc}");
+    assert!(kinds.contains(&"haproxy->agent"), "{doc}");
+    let _ = std::fs::remove_file(&file);
 }
