@@ -6,10 +6,13 @@ use std::future::Ready;
 use std::process::ExitCode;
 use std::sync::LazyLock;
 
-use spoa_runtime::{Request, Server, handler_fn};
+use anyhow::Context as _;
+use spoa_runtime::admin::{Health, serve_admin};
+use spoa_runtime::unix_socket::SocketPermissions;
+use spoa_runtime::{CancellationToken, Request, Server, handler_fn, sd_notify};
 use spop_proto::frame::DEFAULT_MAX_FRAME_SIZE;
 use spop_proto::{Actions, Scope};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::args::Addr;
 use crate::net::AnyListener;
@@ -20,6 +23,12 @@ use crate::net::AnyListener;
 ///
 /// Prints `listening on ADDR` to stderr once bound; Ctrl-C or SIGTERM shut down gracefully.
 /// Logs go to stderr, filtered by RUST_LOG (default `info`).
+///
+/// For operators: --admin serves `/healthz` (200 while serving, 503 while starting or
+/// draining) and `/metrics` (Prometheus text); under systemd (`NOTIFY_SOCKET` set, a
+/// `Type=notify` unit) it sends READY=1 once listening, STOPPING=1 when the shutdown begins,
+/// and WATCHDOG=1 pings when the unit sets `WatchdogSec=`. A Unix socket can be given a mode,
+/// owner and group so that HAProxy's user may connect.
 #[derive(Debug, clap::Args)]
 pub(crate) struct EchoArgs {
     /// Listen address: host:port (port 0 picks one), or a Unix socket (unix:/path or any path
@@ -47,6 +56,18 @@ pub(crate) struct EchoArgs {
     /// Time allowed for HAProxy's HELLO after a connection opens (e.g. `10s`, `500ms`).
     #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
     hello_timeout: std::time::Duration,
+    /// Serve `/healthz` and `/metrics` over HTTP on this address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Mode of the Unix socket file, in octal (e.g. 660).
+    #[arg(long, value_name = "MODE", value_parser = spoa_runtime::unix_socket::parse_mode)]
+    unix_mode: Option<u32>,
+    /// Owner of the Unix socket file (user name or uid).
+    #[arg(long, value_name = "USER")]
+    unix_owner: Option<String>,
+    /// Group of the Unix socket file (group name or gid), e.g. HAProxy's.
+    #[arg(long, value_name = "GROUP")]
+    unix_group: Option<String>,
     /// Worker threads: 0 (the default of every spoa command) means one per available core,
     /// within the CPU affinity `taskset` sets; 1 runs a single-threaded runtime.
     #[arg(long, default_value_t = 0)]
@@ -73,8 +94,24 @@ pub(crate) fn echo_actions(req: &Request, scope: Scope) -> Actions {
 }
 
 pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
-    let shutdown = crate::shutdown_signal()?;
-    let listener = AnyListener::bind(&args.listen).await?;
+    let signal = crate::shutdown_signal()?;
+    let health = Health::new();
+    let stop_admin = CancellationToken::new();
+    let admin = match &args.admin {
+        Some(a) => {
+            let l = tokio::net::TcpListener::bind(a.as_str())
+                .await
+                .with_context(|| format!("cannot listen on {a} (--admin)"))?;
+            Some(l)
+        }
+        None => None,
+    };
+    let perms = SocketPermissions {
+        mode: args.unix_mode,
+        owner: args.unix_owner.clone(),
+        group: args.unix_group.clone(),
+    };
+    let listener = AnyListener::bind_with(&args.listen, &perms).await?;
     let server = Server::builder()
         .max_frame_size(args.max_frame_size)
         .pipelining(!args.no_pipelining)
@@ -88,11 +125,34 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         std::future::ready(Ok(echo_actions(&req, scope)))
     });
     let unix_path = listener.unix_path();
+    if let Some(l) = admin {
+        eprintln!("admin endpoint on http://{}", l.local_addr()?);
+        tokio::spawn(serve_admin(
+            l,
+            health.clone(),
+            server.metrics().clone(),
+            stop_admin.clone().cancelled_owned(),
+        ));
+    }
+    health.set_serving();
     eprintln!("listening on {}", listener.local_addr());
+    notify_systemd("READY=1");
+    let watchdog = sd_notify::spawn_watchdog();
+    let draining = health.clone();
+    let shutdown = async move {
+        signal.await;
+        draining.set_draining();
+        notify_systemd("STOPPING=1");
+    };
     info!(scope = %scope, max_frame_size = args.max_frame_size, pipelining = !args.no_pipelining, "echo agent started");
     match listener {
         AnyListener::Tcp(l) => server.serve(l, handler, shutdown).await,
         AnyListener::Unix(l, _) => server.serve(l, handler, shutdown).await,
+    }
+    health.set_stopped();
+    stop_admin.cancel();
+    if let Some(w) = watchdog {
+        w.abort();
     }
     if let Some(p) = unix_path {
         let _ = std::fs::remove_file(p);
@@ -106,4 +166,11 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         "echo agent stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (when it asked, with `NOTIFY_SOCKET`); a failure is logged, not fatal.
+fn notify_systemd(state: &str) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, state, "cannot notify systemd");
+    }
 }

@@ -123,6 +123,26 @@ impl AnyListener {
         }
     }
 
+    /// Like [`Self::bind`], then gives a Unix socket file the permissions asked for (an
+    /// error for a TCP address when any is asked).
+    pub(crate) async fn bind_with(
+        addr: &Addr,
+        perms: &spoa_runtime::unix_socket::SocketPermissions,
+    ) -> anyhow::Result<Self> {
+        let asked = *perms != spoa_runtime::unix_socket::SocketPermissions::default();
+        if asked && matches!(addr, Addr::Tcp(_)) {
+            bail!("--unix-mode, --unix-owner and --unix-group need a Unix socket address");
+        }
+        let l = Self::bind(addr).await?;
+        if let (true, Self::Unix(_, p)) = (asked, &l) {
+            if let Err(e) = spoa_runtime::unix_socket::apply(p, perms) {
+                let _ = std::fs::remove_file(p);
+                return Err(e.into());
+            }
+        }
+        Ok(l)
+    }
+
     /// The address to print: `127.0.0.1:PORT` (the real port when 0 was asked) or
     /// `unix:/path`.
     pub(crate) fn local_addr(&self) -> String {

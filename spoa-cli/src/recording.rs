@@ -241,6 +241,9 @@ fn put_record(w: &mut impl Write, kind: Kind, conn: u32, t: u64, data: &[u8]) ->
     Ok((RECORD_HEADER_LEN + len as usize) as u64)
 }
 
+/// Pause of the writer between batches.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(20);
+
 /// Room kept for the final note.
 const NOTE_ROOM: u64 = 256;
 
@@ -296,6 +299,9 @@ fn writer(
             next = rx.try_recv().ok();
         }
         w.flush()?;
+        // batch: let records pile up for a moment instead of waking up for each one (a
+        // wake-up per frame costs the forwarding threads CPU time; the queue holds 64k)
+        std::thread::sleep(BATCH_PAUSE);
     }
     let dropped = stats.dropped.load(Ordering::Relaxed);
     if dropped > reported_dropped && !stats.stopped.load(Ordering::Relaxed) {

@@ -1364,3 +1364,178 @@ fn tap_records_agent_side_garbage() {
     assert!(kinds.contains(&"haproxy->agent"), "{doc}");
     let _ = std::fs::remove_file(&file);
 }
+
+// ---------------------------------------------------------------------------------------------
+// health, readiness, Unix-socket permissions
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), or None when nothing listens.
+fn http(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+#[test]
+fn healthz_across_a_graceful_shutdown() {
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut agent = Agent::start(&["echo", "--listen", "127.0.0.1:0", "--admin", &admin]);
+    assert_eq!(http(port, "/healthz"), Some((200, "ok\n".into())));
+    let (code, metrics) = http(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("spoa_connections_accepted_total"),
+        "{metrics}"
+    );
+    assert_eq!(http(port, "/other").map(|r| r.0), Some(404));
+
+    // a connection that keeps the agent draining: NOTIFYs with big ACKs, never read
+    let mut s = std::net::TcpStream::connect(&agent.addr).unwrap();
+    let mut buf = BytesMut::new();
+    spop_proto::frame::HaproxyHello::new(16380, "pipelining").encode(&mut buf);
+    s.write_all(&buf).unwrap();
+    let mut hello = [0u8; 4];
+    s.read_exact(&mut hello).unwrap();
+    let len = u32::from_be_bytes(hello) as usize;
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    let big = vec![b'x'; 8000];
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sid = 1u64;
+    // until the agent stops reading (its ACKs fill the socket buffers), at most 20 s
+    loop {
+        buf.clear();
+        let mut b = spop_proto::Notify::builder(spop_proto::NotifyId::new(sid, 1));
+        b.message("m").arg("s", spop_proto::TypedData::String(&big));
+        b.build().encode(&mut buf);
+        sid += 2;
+        if s.write_all(&buf).is_err() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the agent kept reading"
+        );
+    }
+    unsafe_kill(agent.pid(), "TERM");
+    let draining = (0..100).find_map(|_| {
+        thread::sleep(Duration::from_millis(20));
+        http(port, "/healthz").filter(|r| r.0 == 503)
+    });
+    assert_eq!(draining, Some((503, "draining\n".into())));
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "exited while draining"
+    );
+    // the last connection goes: the agent stops, and so does its admin endpoint
+    drop(s);
+    let st = agent.wait_exit(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert_eq!(http(port, "/healthz"), None);
+}
+
+#[test]
+fn systemd_notifications_ready_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    for abstract_ns in [false, true] {
+        let path = temp_path("notify.sock");
+        let (sock, env) = if abstract_ns {
+            use std::os::linux::net::SocketAddrExt;
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
+        } else {
+            (
+                UnixDatagram::bind(&path).unwrap(),
+                path.display().to_string(),
+            )
+        };
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["echo", "--listen", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &env)
+            .env("WATCHDOG_USEC", "200000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut recv = || {
+            let mut b = [0u8; 256];
+            let n = sock.recv(&mut b).expect("a notification within 10 s");
+            String::from_utf8_lossy(&b[..n]).into_owned()
+        };
+        assert_eq!(recv(), "READY=1");
+        assert_eq!(recv(), "WATCHDOG=1");
+        unsafe_kill(child.id(), "TERM");
+        let mut last = recv();
+        while last == "WATCHDOG=1" {
+            last = recv();
+        }
+        assert_eq!(last, "STOPPING=1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let st = child.try_wait().unwrap();
+        let _ = child.kill();
+        assert!(st.is_some_and(|s| s.success()), "{st:?}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn unix_socket_mode_owner_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let path = temp_path("perm.sock");
+    let p = path.to_str().unwrap();
+    let agent = Agent::start(&[
+        "echo",
+        "--listen",
+        p,
+        "--unix-mode",
+        "660",
+        "--unix-owner",
+        "nobody",
+        "--unix-group",
+        "65534",
+    ]);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    assert!(spoa(&["check", "--connect", p]).ok());
+    drop(agent);
+    let _ = std::fs::remove_file(&path);
+
+    let out = spoa(&["echo", "--listen", p, "--unix-group", "no-such-group-spoa"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot find group no-such-group-spoa on the socket"),
+        "{out:?}"
+    );
+    assert!(!path.exists(), "the socket file was left behind");
+    let out = spoa(&["echo", "--listen", "127.0.0.1:0", "--unix-mode", "600"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("need a Unix socket"), "{out:?}");
+    let out = spoa(&["echo", "--listen", p, "--unix-mode", "9"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}

@@ -11,7 +11,10 @@
 //!   high-water mark, a connection limit, an optional global handler limit;
 //! - graceful shutdown: stop accepting, finish in-flight work, AGENT-DISCONNECT status 0;
 //! - `tracing` spans per connection and [`Metrics`] (Prometheus text behind the
-//!   `prometheus` feature).
+//!   `prometheus` feature);
+//! - for operators, all opt-in: an admin endpoint with `/healthz` and `/metrics` (the
+//!   `admin` module, behind the `admin` feature), systemd readiness notifications
+//!   ([`sd_notify`]), and Unix-socket permissions ([`unix_socket`]).
 //!
 //! ```no_run
 //! use spoa_runtime::{handler_fn, Request, Server};
@@ -35,12 +38,17 @@
 //! }
 //! ```
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod config;
 mod connection;
 mod handler;
 mod metrics;
+pub mod sd_notify;
 mod server;
 pub mod testing;
+#[cfg(unix)]
+pub mod unix_socket;
 
 pub use config::Config;
 pub use connection::serve_connection;
