@@ -17,9 +17,9 @@ use spop_proto::StatusCode;
 /// LOGLINE is one line HAProxy logged for an event or group, with or without the syslog
 /// prefix, in either format:
 ///
-///   2.x:  SPOE: [AGENT] <EVENT:on-frontend-http-request> sid=8 st=0 0/0/0/0/1 1/1 0/0 0/8
+///   2.x:  SPOE: [my-agent] <EVENT:on-frontend-http-request> sid=8 st=0 0/0/0/0/1 1/1 0/0 0/8
 ///
-///   3.1+: SPOE: [AGENT] <GROUP:my-group> sid=8 st=0 1 0/8
+///   3.1+: SPOE: [my-agent] <GROUP:my-group> sid=8 st=0 1 0/8
 ///
 /// Each field is named and explained, with the cause and usual fix of the status. Quote the
 /// line as one argument. Exit status 1 when the input is neither.

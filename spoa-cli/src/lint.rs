@@ -504,7 +504,7 @@ pub(crate) fn lint_file(path: &Path, series: &[&'static str]) -> anyhow::Result<
             };
             let candidates = [
                 PathBuf::from(&conf),
-                path.parent().unwrap_or(Path::new(".")).join(&conf),
+                path.parent().unwrap_or_else(|| Path::new(".")).join(&conf),
             ];
             let Some((spoe_path, spoe_text)) = candidates
                 .iter()

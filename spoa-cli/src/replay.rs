@@ -400,8 +400,11 @@ struct Compare {
     unexpected: Vec<Value>,
 }
 
+/// A frame's type, stream-id and frame-id.
+type FrameKey = (FrameType, u64, u64);
+
 /// The frame type and ids of a whole frame (length prefix included).
-fn frame_key(frame: &[u8]) -> Option<(FrameType, u64, u64)> {
+fn frame_key(frame: &[u8]) -> Option<FrameKey> {
     let (h, _, _) = split_frame(frame, u32::MAX).ok().flatten()?;
     Some((h.frame_type, h.stream_id, h.frame_id))
 }
@@ -412,7 +415,7 @@ fn frame_text(frame: &[u8]) -> String {
             Ok(d) => d
                 .text
                 .split_once(": ")
-                .map_or(d.text.clone(), |x| x.1.to_string()),
+                .map_or_else(|| d.text.clone(), |x| x.1.to_string()),
             Err(e) => format!("malformed {} ({e})\n", h.frame_type),
         },
         _ => format!("not a frame: {}\n", crate::args::to_hex(frame)),
@@ -543,7 +546,7 @@ async fn replay_conn(args: &ReplayArgs, c: &RecordedConn, cmp: &mut Compare) -> 
     use crate::recording::Kind;
     let quiet = args.json;
     // recorded replies by (type, ids), in order
-    let mut expected: Vec<(Option<(FrameType, u64, u64)>, Bytes)> = c
+    let mut expected: Vec<(Option<FrameKey>, Bytes)> = c
         .replies
         .iter()
         .map(|b| (frame_key(b), b.clone()))
@@ -656,7 +659,7 @@ async fn replay_conn(args: &ReplayArgs, c: &RecordedConn, cmp: &mut Compare) -> 
 /// Compares one received frame with the recorded replies (and takes it off them); returns
 /// its type.
 fn check(
-    expected: &mut Vec<(Option<(FrameType, u64, u64)>, Bytes)>,
+    expected: &mut Vec<(Option<FrameKey>, Bytes)>,
     frame: &[u8],
     cmp: &mut Compare,
     quiet: bool,

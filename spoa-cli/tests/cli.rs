@@ -1478,7 +1478,7 @@ fn systemd_notifications_ready_watchdog_stopping() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        let mut recv = || {
+        let recv = || {
             let mut b = [0u8; 256];
             let n = sock.recv(&mut b).expect("a notification within 10 s");
             String::from_utf8_lossy(&b[..n]).into_owned()
