@@ -5,7 +5,7 @@
 //!
 //! ```no_run
 //! use spoa_runtime::unix_socket::{SocketPermissions, bind};
-//! # fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! let perms = SocketPermissions { mode: Some(0o660), owner: None, group: Some("haproxy".into()) };
 //! let listener = bind("/run/spoa/agent.sock".as_ref(), &perms)?; // a tokio UnixListener
 //! # Ok(()) }
@@ -116,7 +116,7 @@ pub fn apply(path: &Path, perms: &SocketPermissions) -> Result<(), PermissionErr
 }
 
 /// Binds a tokio `UnixListener` at `path` and applies `perms`; on failure the socket file is
-/// removed again.
+/// removed again. Call it inside a tokio runtime.
 pub fn bind(
     path: &Path,
     perms: &SocketPermissions,
