@@ -192,3 +192,46 @@ fn generated_config_runs_with_spoa_echo() {
         "headers go to the server, not the client"
     );
 }
+
+/// The project's own HAProxy configs lint clean with `spoa lint --strict`: the test
+/// templates (rendered like the interop tests render them) and the documented configs.
+#[test]
+fn shipped_configs_lint_clean() {
+    let dir = TempDir::new("lint-shipped");
+    let templates = spop_tests::interop::templates_dir();
+    let mut files = Vec::new();
+    for (cfg, spoe) in [
+        ("haproxy.cfg.in", "spoe.conf.in"),
+        ("haproxy-echo.cfg.in", "spoe-echo.conf.in"),
+    ] {
+        let read = |n: &str| std::fs::read_to_string(templates.join(n)).unwrap();
+        let spoe_path = dir.path().join(spoe.trim_end_matches(".in"));
+        std::fs::write(
+            &spoe_path,
+            read(spoe).replace("@PIPELINING@", "option pipelining"),
+        )
+        .unwrap();
+        let cfg_path = dir.path().join(cfg.trim_end_matches(".in"));
+        std::fs::write(
+            &cfg_path,
+            read(cfg)
+                .replace("@FRONTEND_PORT@", "8080")
+                .replace("@AGENT_ADDR@", "127.0.0.1:12345")
+                .replace("@SPOE_CONF@", spoe_path.to_str().unwrap())
+                .replace("@STATS_SOCKET@", "/tmp/stats.sock"),
+        )
+        .unwrap();
+        files.push(cfg_path.to_str().unwrap().to_owned());
+    }
+    files.push("docs/haproxy/echo/haproxy.cfg".into());
+    files.push("spoa-runtime/examples/ip_reputation/haproxy.cfg".into());
+    let out = Command::new(spoa_binary())
+        .args(["lint", "--strict"])
+        .args(&files)
+        .current_dir(spop_tests::interop::workspace_root())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("0 error(s), 0 warning(s)"), "{text}");
+}
