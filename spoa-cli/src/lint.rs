@@ -382,15 +382,13 @@ impl Lint {
     }
 }
 
-/// The agent of one `filter spoe` and what it needs from the rest.
-struct Engine<'a> {
+/// The agent of one `filter spoe`: its SPOE file and sections.
+struct Engine {
     file: String,
-    /// Section index and line of the `filter spoe`.
-    proxy: usize,
+    /// Line of the `filter spoe` in the haproxy.cfg.
     filter_line: usize,
     engine: Option<String>,
     sections: Vec<SpoeSection>,
-    _cfg: &'a [Section],
 }
 
 pub(crate) fn run(args: &LintArgs) -> anyhow::Result<ExitCode> {
@@ -471,7 +469,7 @@ pub(crate) fn lint_file(path: &Path, series: &[&'static str]) -> anyhow::Result<
         series: series.to_vec(),
     };
     let mut engines = Vec::new();
-    for (si, s) in cfg.iter().enumerate() {
+    for s in &cfg {
         if !matches!(s.kind.as_str(), "frontend" | "backend" | "listen") {
             continue;
         }
@@ -525,11 +523,9 @@ pub(crate) fn lint_file(path: &Path, series: &[&'static str]) -> anyhow::Result<
             let sections = parse_spoe(&spoe_text, engine.as_deref());
             engines.push(Engine {
                 file: spoe_path.display().to_string(),
-                proxy: si,
                 filter_line: l.no,
                 engine,
                 sections,
-                _cfg: &cfg,
             });
         }
     }
@@ -551,7 +547,7 @@ struct CallPoint {
 }
 
 #[allow(clippy::too_many_lines)]
-fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>) {
+fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
     let f = e.file.as_str();
     let engine_label = e.engine.as_deref().unwrap_or("(no engine name)");
     let agents: Vec<&SpoeSection> = e
@@ -580,12 +576,6 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>)
             .lines
             .iter()
             .find(|l| l.kw(0) == "option" && l.kw(1) == name)
-    };
-    let no_option = |name: &str| {
-        agent
-            .lines
-            .iter()
-            .find(|l| l.kw(0) == "no" && l.kw(1) == "option" && l.kw(2) == name)
     };
     let timeout = |name: &str| {
         agent
@@ -674,7 +664,7 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>)
             "HAProxy refuses to start without the agents' backend",
             "add `use-backend <backend>`".into(),
         ),
-        Some(l) => lint_backend(lint, cfg_name, cfg, f, l, agent, &timeout),
+        Some(l) => lint_backend(lint, cfg_name, cfg, f, l, &timeout),
     }
     if let Some(l) = timeout("processing") {
         if parse_haproxy_duration(l.kw(2)).is_none() {
@@ -787,7 +777,7 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>)
         );
     }
     if lint.all_mux() {
-        let ignored: [(&str, &str); 8] = [
+        let ignored: [(&str, &str); 7] = [
             ("option", "async"),
             ("option", "send-frag-payload"),
             ("timeout", "hello"),
@@ -795,7 +785,6 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>)
             ("max-waiting-frames", ""),
             ("maxconnrate", ""),
             ("maxerrrate", ""),
-            ("option", "pipelining"),
         ];
         for l in &agent.lines {
             let (a, b) = if l.kw(0) == "no" {
@@ -807,9 +796,6 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>)
                 .iter()
                 .find(|(k, o)| *k == a && (o.is_empty() || *o == b))
             {
-                if *o == "pipelining" {
-                    continue; // still honoured
-                }
                 let what = if o.is_empty() {
                     k.to_string()
                 } else {
@@ -835,7 +821,6 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>)
             }
         }
     }
-    let _ = no_option;
 
     // --- variables read in the configuration
     let agent_var = |full: &str| -> Option<String> {
@@ -998,17 +983,14 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine<'_>)
             }
         }
     }
-    let _ = e.proxy;
 }
 
-#[allow(clippy::too_many_arguments)]
 fn lint_backend<'a>(
     lint: &mut Lint,
     cfg_name: &str,
     cfg: &[Section],
     f: &str,
     l: &Line,
-    agent: &SpoeSection,
     timeout: &dyn Fn(&str) -> Option<&'a Line>,
 ) {
     let name = l.kw(1);
@@ -1144,7 +1126,6 @@ fn lint_backend<'a>(
             }
         }
     }
-    let _ = agent;
 }
 
 #[cfg(test)]
