@@ -26,8 +26,9 @@ use crate::args::{Addr, ArgSpec, OwnedValue, add_message, parse_duration};
 use crate::client::handshake;
 use crate::net::{FrameConn, connect};
 
-/// Load-test an agent: N connections, K NOTIFYs in flight on each, for a duration or a
-/// number of requests; a progress line per second on stderr, then a report (throughput,
+/// Load-test an agent: throughput, latency percentiles, errors.
+///
+/// N connections, K NOTIFYs in flight on each, for a duration or a number of requests; a progress line per second on stderr, then a report (throughput,
 /// latency percentiles, errors by kind).
 ///
 /// Without --message/--arg, each NOTIFY carries message `bench` with

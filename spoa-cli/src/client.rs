@@ -20,8 +20,10 @@ use crate::net::{FrameConn, Received, connect};
 /// HAProxy allows at most this many NOTIFYs in flight on a pipelined connection.
 pub(crate) const HAPROXY_PIPELINE_LIMIT: usize = 20;
 
-/// Play HAProxy: send a HELLO and NOTIFY(s), print the negotiated parameters and each ACK's
-/// actions, then disconnect.
+/// Play HAProxy: HELLO, NOTIFY(s), DISCONNECT; print the ACKs.
+///
+/// Sends a HELLO and NOTIFY(s), prints the negotiated parameters and each ACK's actions, then
+/// disconnects.
 ///
 /// The NOTIFY carries one message (--message) with the --arg's in order, typed as given:
 /// `ip=ipv4:10.0.0.1`, `n=int64:-1`, `s=str:any text`, `b=bin:00 ff` (hex, spaces allowed),

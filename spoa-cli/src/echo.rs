@@ -17,7 +17,9 @@ use tracing::{info, warn};
 use crate::args::Addr;
 use crate::net::AnyListener;
 
-/// Run the echo agent: for each argument of each message, set a variable named after the
+/// Run the reference agent: every argument comes back as a variable.
+///
+/// For each argument of each message, the echo agent sets a variable named after the
 /// argument (unnamed ones: `arg0`, `arg1`... by position in the message) holding the same
 /// typed value. HAProxy reads it as `var(<scope>.<var-prefix>.<name>)`.
 ///
