@@ -837,18 +837,46 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
         if !matches!(s.kind.as_str(), "frontend" | "backend" | "listen") {
             continue;
         }
+        // named ACLs of the section: `acl blocked var(txn.waf.block) -m bool`
+        let acls: Vec<(&str, Vec<String>)> = s
+            .lines
+            .iter()
+            .filter(|l| l.kw(0) == "acl")
+            .map(|l| {
+                let reads = var_refs(&l.text)
+                    .into_iter()
+                    .filter(|(_, w)| !w)
+                    .map(|(n, _)| n)
+                    .collect();
+                (l.kw(1), reads)
+            })
+            .collect();
         for l in &s.lines {
-            for (full, write) in var_refs(&l.text) {
-                if write {
-                    continue;
+            // direct reads, then reads through the ACLs a rule's condition names
+            let mut refs: Vec<(String, Option<&str>)> = var_refs(&l.text)
+                .into_iter()
+                .filter(|(_, w)| !w)
+                .map(|(n, _)| (n, None))
+                .collect();
+            if l.kw(0) != "acl"
+                && let Some(cond) = l.words.iter().position(|w| w == "if" || w == "unless")
+            {
+                for w in &l.words[cond + 1..] {
+                    let name = w.trim_start_matches('!');
+                    if let Some((acl, reads)) = acls.iter().find(|(a, _)| *a == name) {
+                        refs.extend(reads.iter().map(|n| (n.clone(), Some(*acl))));
+                    }
                 }
+            }
+            for (full, via_acl) in refs {
                 let Some(name) = agent_var(&full) else {
                     continue;
                 };
                 if haproxy_vars.contains(&name) {
                     continue;
                 }
-                if has_register
+                if via_acl.is_none()
+                    && has_register
                     && !force_set
                     && !registered.contains(&name)
                     && reported_unregistered.insert(name.clone())
@@ -887,8 +915,9 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
                         Severity::Error,
                         "event-order",
                         format!(
-                            "{full} is read by {} before agent {} has set it",
+                            "{full} is read by {}{} before agent {} has set it",
                             phase_name(rp),
+                            via_acl.map_or_else(String::new, |a| format!(" (through acl {a})")),
                             agent.name
                         ),
                         &format!(

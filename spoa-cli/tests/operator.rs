@@ -394,15 +394,15 @@ fn lint_bad_config_finds_every_pitfall_with_file_and_line() {
 
 #[test]
 fn lint_rule_before_send_spoe_group_and_response_only_agent() {
-    let doc = spoa_in(&fixtures(), &["lint", "--json", "late-haproxy.cfg"]).json();
+    let out = spoa_in(&fixtures(), &["lint", "--json", "late-haproxy.cfg"]);
+    let doc = out.json();
     let f = findings(&doc);
-    // line 10 reads before the group (line 11) and before the response event
-    assert!(
-        f.iter().any(|x| x.1 == 10 && x.3 == "event-order"),
-        "{f:#?}"
-    );
-    // line 12 comes after the send-spoe-group rule: fine
-    assert!(!f.iter().any(|x| x.1 == 12), "{f:#?}");
+    // line 11 reads (through acl blocked) before the group (line 12) and the response event
+    assert!(f.iter().any(|x| x.1 == 11 && x.3 == "event-order"), "{f:#?}");
+    let text = spoa_in(&fixtures(), &["lint", "late-haproxy.cfg"]).stdout;
+    assert!(text.contains("(through acl blocked)"), "{text}");
+    // lines 13 and 14 come after the send-spoe-group rule: fine; the acl line is no rule
+    assert!(!f.iter().any(|x| [10, 13, 14].contains(&x.1)), "{f:#?}");
     assert_eq!(doc["errors"], 1, "{doc}");
 }
 
