@@ -601,6 +601,13 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
     let mut names: Vec<(usize, String, &str)> = Vec::new();
     if let Some(l) = option("var-prefix") {
         names.push((l.no, l.kw(2).to_string(), "var-prefix"));
+    } else {
+        // the default prefix is the agent's name, often with a '-' HAProxy refuses
+        names.push((
+            agent.line,
+            agent.name.clone(),
+            "the default var-prefix (the agent's name)",
+        ));
     }
     for o in ["set-on-error", "set-process-time", "set-total-time"] {
         if let Some(l) = option(o) {
@@ -625,17 +632,21 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
                 "var-name",
                 format!("{what} {name:?}: HAProxy variable names use only [A-Za-z0-9._]"),
                 "HAProxy rejects the name (or the agent's set-var with it is dropped)",
-                format!(
-                    "rename it, e.g. {:?}",
-                    name.replace(
+                {
+                    let fixed = name.replace(
                         |c: char| !(c.is_ascii_alphanumeric() || c == '.' || c == '_'),
-                        "_"
-                    )
-                ),
+                        "_",
+                    );
+                    if what.starts_with("the default") {
+                        format!("add `option var-prefix {fixed}`")
+                    } else {
+                        format!("rename it, e.g. {fixed:?}")
+                    }
+                },
             );
             continue;
         }
-        if *what != "var-prefix" {
+        if !what.contains("var-prefix") {
             let full = format!("txn.{prefix}.{name}");
             if full.len() > 63 {
                 lint.add(
@@ -692,6 +703,25 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
                 .into(),
         );
     }
+    if lint.any_2x() {
+        for t in ["hello", "idle"] {
+            if timeout(t).is_none() {
+                lint.add(
+                    f,
+                    agent.line,
+                    Severity::Warning,
+                    "timeouts",
+                    format!("spoe-agent {} has no `timeout {t}`", agent.name),
+                    "HAProxy 2.x warns about it (`missing timeouts for SPOE agent`) and then \
+                     never gives up on a silent agent connection",
+                    format!(
+                        "add `timeout {t} {}` (ignored, and harmless, on 3.1+)",
+                        if t == "hello" { "2s" } else { "2m" }
+                    ),
+                );
+            }
+        }
+    }
     if option("set-on-error").is_none() {
         lint.add(
             f,
@@ -736,6 +766,32 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
             });
         }
     }
+    let agent_groups: Vec<(usize, String)> = agent
+        .lines
+        .iter()
+        .filter(|l| l.kw(0) == "groups")
+        .flat_map(|l| l.words[1..].iter().map(move |g| (l.no, g.clone())))
+        .collect();
+    for (line, g) in &agent_groups {
+        if !e
+            .sections
+            .iter()
+            .any(|s| s.kind == "spoe-group" && &s.name == g)
+        {
+            lint.add(
+                f,
+                *line,
+                Severity::Error,
+                "unknown-group",
+                format!(
+                    "spoe-agent {} lists group {g}, which has no spoe-group section",
+                    agent.name
+                ),
+                "HAProxy refuses to start",
+                format!("add `spoe-group {g}` with its `messages`, or remove it from `groups`"),
+            );
+        }
+    }
     // send-spoe-group rules for this engine
     for (si, s) in cfg.iter().enumerate() {
         for l in &s.lines {
@@ -744,6 +800,25 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
             };
             if Some(l.kw(pos + 1)) != e.engine.as_deref() {
                 continue;
+            }
+            let group = l.kw(pos + 2);
+            if !agent_groups.iter().any(|(_, g)| g == group) {
+                lint.add(
+                    cfg_name,
+                    l.no,
+                    Severity::Error,
+                    "unknown-group",
+                    format!(
+                        "send-spoe-group {} {group}: agent {} has no such group",
+                        l.kw(pos + 1),
+                        agent.name
+                    ),
+                    "HAProxy refuses to start (the group must be listed by the agent's `groups`)",
+                    format!(
+                        "add {group} to `groups` of spoe-agent {} in {f}",
+                        agent.name
+                    ),
+                );
             }
             if let Some(p) = rule_phase(&s.kind, l) {
                 points.push(CallPoint {

@@ -398,12 +398,68 @@ fn lint_rule_before_send_spoe_group_and_response_only_agent() {
     let doc = out.json();
     let f = findings(&doc);
     // line 11 reads (through acl blocked) before the group (line 12) and the response event
-    assert!(f.iter().any(|x| x.1 == 11 && x.3 == "event-order"), "{f:#?}");
+    assert!(
+        f.iter().any(|x| x.1 == 11 && x.3 == "event-order"),
+        "{f:#?}"
+    );
     let text = spoa_in(&fixtures(), &["lint", "late-haproxy.cfg"]).stdout;
     assert!(text.contains("(through acl blocked)"), "{text}");
     // lines 13 and 14 come after the send-spoe-group rule: fine; the acl line is no rule
     assert!(!f.iter().any(|x| [10, 13, 14].contains(&x.1)), "{f:#?}");
     assert_eq!(doc["errors"], 1, "{doc}");
+}
+
+#[test]
+fn lint_unknown_groups() {
+    let out = spoa_in(&fixtures(), &["lint", "--json", "groups-haproxy.cfg"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    let f = findings(&out.json());
+    assert!(
+        f.iter()
+            .any(|x| x.0.ends_with("groups-haproxy.cfg") && x.1 == 10 && x.3 == "unknown-group"),
+        "{f:#?}"
+    );
+    assert!(
+        f.iter()
+            .any(|x| x.0.ends_with("groups-spoe.conf") && x.1 == 3 && x.3 == "unknown-group"),
+        "{f:#?}"
+    );
+}
+
+#[test]
+fn lint_default_var_prefix_and_2x_timeouts() {
+    let dir = temp_dir("lint-prefix");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        "frontend fe\n    bind :80\n    filter spoe engine e config spoe.conf\n\
+         backend be\n    mode tcp\n    option spop-check\n    server a 127.0.0.1:1 check\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("spoe.conf"),
+        "[e]\nspoe-agent my-agent\n    messages m\n    option set-on-error err\n\
+         \x20   timeout processing 1s\n    use-backend be\nspoe-message m\n    args src=src\n\
+         \x20   event on-frontend-http-request\n",
+    )
+    .unwrap();
+    let out = spoa_in(&dir, &["lint", "--series", "2.6", "haproxy.cfg"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stdout.contains(
+            "spoe.conf:2: error[var-name]: the default var-prefix (the agent's name) \"my-agent\""
+        ),
+        "{out:?}"
+    );
+    assert!(
+        out.stdout.contains("fix: add `option var-prefix my_agent`"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("no `timeout hello`"), "{out:?}");
+    assert!(out.stdout.contains("no `timeout idle`"), "{out:?}");
+    let out = spoa_in(&dir, &["lint", "--series", "3.2", "haproxy.cfg"]);
+    assert!(!out.stdout.contains("timeout hello"), "{out:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
