@@ -235,3 +235,27 @@ fn shipped_configs_lint_clean() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains("0 error(s), 0 warning(s)"), "{text}");
 }
+
+/// The configuration `spoa lint` calls good (spoa-cli/tests/fixtures/lint/good-haproxy.cfg)
+/// is valid and warning-free for every HAProxy series too.
+#[test]
+fn good_lint_fixture_is_valid_everywhere() {
+    let fixtures = spop_tests::interop::workspace_root().join("spoa-cli/tests/fixtures/lint");
+    for series in spop_tests::interop::SERIES {
+        let out = Command::new(haproxy(series))
+            .args(["-c", "-f", "good-haproxy.cfg"])
+            .current_dir(&fixtures)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "HAProxy {series}: {text}");
+        assert!(
+            config_warnings(&text).is_empty(),
+            "HAProxy {series}: {text}"
+        );
+    }
+}
