@@ -1539,3 +1539,64 @@ fn unix_socket_mode_owner_group() {
     let out = spoa(&["echo", "--listen", p, "--unix-mode", "9"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+#[test]
+fn tap_with_the_agent_down_and_connections_open_at_shutdown() {
+    let file = temp_path("down.spoatap");
+    let f = file.to_str().unwrap();
+    let down = format!("127.0.0.1:{}", free_port());
+    let mut tap = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &down,
+        "--record",
+        f,
+    ]);
+    // the agent is down: the client's connection is closed, the tap lives on
+    let out = spoa(&["check", "--connect", &tap.addr]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(tap.child.try_wait().unwrap().is_none(), "the tap exited");
+    // a connection still open when the tap is stopped
+    let agent = echo();
+    let file2 = temp_path("open.spoatap");
+    let f2 = file2.to_str().unwrap();
+    let mut tap2 = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &agent.addr,
+        "--record",
+        f2,
+    ]);
+    let mut s = std::net::TcpStream::connect(&tap2.addr).unwrap();
+    let mut hello = BytesMut::new();
+    spop_proto::frame::HaproxyHello::new(16380, "pipelining").encode(&mut hello);
+    s.write_all(&hello).unwrap();
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).unwrap();
+    unsafe_kill(tap2.pid(), "TERM");
+    let st = tap2.wait_exit(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    drop(s);
+    let out = spoa(&["decode", f2]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stdout.contains("HAPROXY-HELLO") && out.stdout.contains("AGENT-HELLO"),
+        "{out:?}"
+    );
+    unsafe_kill(tap.pid(), "TERM");
+    assert!(
+        tap.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let out = spoa(&["decode", f]);
+    assert!(
+        out.stdout.contains("close: cannot connect to the agent"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&file2);
+}
