@@ -1,6 +1,6 @@
 //! `spoa config` output against real HAProxy: `haproxy -c` accepts it without warnings on 2.6,
 //! 3.0, 3.2 and 3.4 (events and groups, with and without an application server), and the
-//! generated pair runs: HAProxy 3.2 in front of `spoa echo` answers with the variables the
+//! generated pair runs: each series in front of `spoa echo` answers with the variables the
 //! agent set.
 //!
 //! HAProxy is located or installed by `spop_tests::interop::haproxy` and `spoa` built by
@@ -135,10 +135,9 @@ fn config_is_valid_on_3_4() {
     check_series("3.4");
 }
 
-/// The generated pair is runnable: HAProxy 3.2 + `spoa echo` answer a request with the
+/// The generated pair is runnable: HAProxy `series` + `spoa echo` answer a request with the
 /// variables the agent set from the message arguments.
-#[test]
-fn generated_config_runs_with_spoa_echo() {
+fn generated_config_runs(series: &str) {
     let agent = AgentProcess::start_with(&spoa_binary(), &["echo", "--listen", "127.0.0.1:0"]);
     let dir = TempDir::new("spoa-config-run");
     let port = free_port();
@@ -148,7 +147,7 @@ fn generated_config_runs_with_spoa_echo() {
         dir.path(),
         &[
             "--series",
-            "3.2",
+            series,
             "--bind",
             &bind,
             "--agent",
@@ -163,25 +162,28 @@ fn generated_config_runs_with_spoa_echo() {
             "path",
         ],
     );
-    let mut child = Command::new(haproxy("3.2"))
+    let mut child = Command::new(haproxy(series))
         .arg("-db")
         .arg("-f")
         .arg(dir.path().join("haproxy.cfg"))
+        .current_dir(dir.path())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("haproxy.stderr")).unwrap())
         .spawn()
-        .expect("start haproxy 3.2");
+        .unwrap_or_else(|e| panic!("start haproxy {series}: {e}"));
     let want = "agent: src=127.0.0.1 path=/generated error=\n";
     let got = wait_until(Duration::from_secs(10), || {
         http_get(port, "/generated").ok().filter(|r| r.body == want)
     });
+    let last = http_get(port, "/generated").map(|r| r.body);
     let _ = child.kill();
     let _ = child.wait();
     let got = got.unwrap_or_else(|| {
         panic!(
-            "no reply {want:?} from HAProxy 3.2 with the generated config (last: {:?}); agent log:\n{}",
-            http_get(port, "/generated").map(|r| r.body),
+            "no reply {want:?} from HAProxy {series} with the generated config (last: {last:?}); \
+             HAProxy's stderr:\n{}\nagent log:\n{}",
+            std::fs::read_to_string(dir.path().join("haproxy.stderr")).unwrap_or_default(),
             agent.log()
         )
     });
@@ -191,6 +193,26 @@ fn generated_config_runs_with_spoa_echo() {
         None,
         "headers go to the server, not the client"
     );
+}
+
+#[test]
+fn generated_config_runs_on_2_6() {
+    generated_config_runs("2.6");
+}
+
+#[test]
+fn generated_config_runs_on_3_0() {
+    generated_config_runs("3.0");
+}
+
+#[test]
+fn generated_config_runs_on_3_2() {
+    generated_config_runs("3.2");
+}
+
+#[test]
+fn generated_config_runs_on_3_4() {
+    generated_config_runs("3.4");
 }
 
 /// The project's own HAProxy configs lint clean with `spoa lint --strict`: the test
