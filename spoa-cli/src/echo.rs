@@ -99,15 +99,20 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
     let signal = crate::shutdown_signal()?;
     let health = Health::new();
     let stop_admin = CancellationToken::new();
-    let admin = match &args.admin {
-        Some(a) => {
-            let l = tokio::net::TcpListener::bind(a.as_str())
-                .await
-                .with_context(|| format!("cannot listen on {a} (--admin)"))?;
-            Some(l)
-        }
-        None => None,
-    };
+    let metrics = std::sync::Arc::new(spoa_runtime::Metrics::default());
+    // the admin endpoint first: /healthz says 503 "starting" until the agent listens
+    if let Some(a) = &args.admin {
+        let l = tokio::net::TcpListener::bind(a.as_str())
+            .await
+            .with_context(|| format!("cannot listen on {a} (--admin)"))?;
+        eprintln!("admin endpoint on http://{}", l.local_addr()?);
+        tokio::spawn(serve_admin(
+            l,
+            health.clone(),
+            metrics.clone(),
+            stop_admin.clone().cancelled_owned(),
+        ));
+    }
     let perms = SocketPermissions {
         mode: args.unix_mode,
         owner: args.unix_owner.clone(),
@@ -121,21 +126,13 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         .pad_empty_ack(args.pad_empty_ack)
         .max_connections(args.max_connections.max(1))
         .hello_timeout(Some(args.hello_timeout))
+        .metrics(metrics)
         .build();
     let scope = args.scope;
     let handler = handler_fn(move |req: Request| -> Ready<Result<Actions, Infallible>> {
         std::future::ready(Ok(echo_actions(&req, scope)))
     });
     let unix_path = listener.unix_path();
-    if let Some(l) = admin {
-        eprintln!("admin endpoint on http://{}", l.local_addr()?);
-        tokio::spawn(serve_admin(
-            l,
-            health.clone(),
-            server.metrics().clone(),
-            stop_admin.clone().cancelled_owned(),
-        ));
-    }
     health.set_serving();
     eprintln!("listening on {}", listener.local_addr());
     notify_systemd("READY=1");
