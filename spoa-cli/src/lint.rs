@@ -14,10 +14,11 @@ use crate::genconfig::{KNOWN_SERIES, is_mux_series, valid_var_name};
 /// Check a haproxy.cfg and the SPOE files it references for known pitfalls.
 ///
 /// Each finding names the file and line, says why it bites and how to fix it. Checks:
-/// variables read by rules that run before the agent sets them (or after the event that
-/// would use them), message arguments reading variables that `http-request` rules set only
+/// variables read by rules (directly or through a named ACL) that run before the agent sets
+/// them, txn variables expected from an agent called only on session events, message arguments reading variables that `http-request` rules set only
 /// after the event fires, variables read but not in `register-var-names`, variable names
-/// HAProxy rejects or truncates, no `timeout processing`, no `option set-on-error`, no
+/// HAProxy rejects or truncates (the default var-prefix is the agent's name: a `-` in it is
+/// refused), unknown groups, no `timeout processing` (nor hello/idle on 2.x), no `option set-on-error`, no
 /// `option continue-on-error` when an agent is called several times per transaction, an
 /// agent backend without `option spop-check` or in the wrong `mode` for the series, options
 /// 3.1+ ignores (`async`, fragmentation, `timeout hello/idle`, `max-waiting-frames`,
@@ -974,6 +975,36 @@ fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
                     continue;
                 };
                 if points.is_empty() {
+                    continue;
+                }
+                // set too early: a session event fires before any transaction exists
+                let txn_scoped = ["txn.", "req.", "res."].iter().any(|p| full.starts_with(p));
+                if txn_scoped
+                    && points
+                        .iter()
+                        .all(|p| p.section.is_none() && (p.phase == 4 || p.phase == 45))
+                {
+                    let whens: Vec<&str> = points.iter().map(|p| p.what.as_str()).collect();
+                    lint.add(
+                        cfg_name,
+                        l.no,
+                        Severity::Warning,
+                        "event-order",
+                        format!(
+                            "{full} is read here, but agent {} is only called on session events",
+                            agent.name
+                        ),
+                        &format!(
+                            "session events ({}) fire once per connection, outside any \
+                             transaction: variables the agent sets in txn, req or res scope are \
+                             lost before this rule runs",
+                            whens.join(", ")
+                        ),
+                        format!(
+                            "have the agent set it in sess scope and read var(sess.{prefix}.{name}), \
+                             or send the message on an HTTP event"
+                        ),
+                    );
                     continue;
                 }
                 let before = points.iter().any(|p| {

@@ -463,6 +463,36 @@ fn lint_default_var_prefix_and_2x_timeouts() {
 }
 
 #[test]
+fn lint_txn_variables_of_session_events() {
+    let dir = temp_dir("lint-session");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("haproxy.cfg"),
+        "frontend fe\n    bind :80\n    filter spoe engine s config spoe.conf\n\
+         \x20   http-request deny if { var(txn.s.bad) -m bool }\n\
+         \x20   http-request deny if { var(sess.s.bad) -m bool }\n\
+         backend be\n    mode tcp\n    option spop-check\n    server a 127.0.0.1:1 check\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("spoe.conf"),
+        "[s]\nspoe-agent s\n    messages m\n    option set-on-error error\n\
+         \x20   timeout processing 1s\n    use-backend be\nspoe-message m\n    args src=src\n\
+         \x20   event on-client-session\n",
+    )
+    .unwrap();
+    let out = spoa_in(&dir, &["lint", "--json", "--series", "3.2", "haproxy.cfg"]);
+    let f = findings(&out.json());
+    assert!(
+        f.iter()
+            .any(|x| x.1 == 4 && x.3 == "event-order" && x.2 == "warning"),
+        "{f:#?}"
+    );
+    assert!(!f.iter().any(|x| x.1 == 5), "sess scope is fine: {f:#?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn lint_reports_missing_files() {
     let dir = temp_dir("lint-missing");
     std::fs::create_dir_all(&dir).unwrap();
