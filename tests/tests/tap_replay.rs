@@ -1,4 +1,4 @@
-//! `spoa tap` between real HAProxy 3.2 and `spoa echo`: HAProxy's traffic goes through the tap
+//! `spoa tap` between real HAProxy (3.2, and 2.6 and 3.4) and `spoa echo`: HAProxy's traffic goes through the tap
 //! unchanged (every reply is right), the recording decodes (`spoa decode`), and replaying it
 //! against the agent (`spoa replay`) gives ACKs identical to the recorded ones. A client that
 //! speaks HTTP to the tap is forwarded and recorded as garbage, and the tap survives it.
@@ -48,6 +48,20 @@ fn terminate(p: &mut AgentProcess) {
 
 #[test]
 fn tap_between_haproxy_3_2_and_echo_records_decodes_and_replays() {
+    tap_record_decode_replay("3.2");
+}
+
+#[test]
+fn tap_between_haproxy_2_6_and_echo_records_decodes_and_replays() {
+    tap_record_decode_replay("2.6");
+}
+
+#[test]
+fn tap_between_haproxy_3_4_and_echo_records_decodes_and_replays() {
+    tap_record_decode_replay("3.4");
+}
+
+fn tap_record_decode_replay(series: &str) {
     let agent = AgentProcess::start_with(&spoa_binary(), &["echo", "--listen", "127.0.0.1:0"]);
     let dir = TempDir::new("tap");
     let file = dir.path().join("traffic.spoatap");
@@ -80,7 +94,7 @@ fn tap_between_haproxy_3_2_and_echo_records_decodes_and_replays() {
     );
     tap.alive().unwrap();
 
-    let hap = HaproxyInstance::start("3.2", &HaproxyConfig::echo(tap.addr(), true));
+    let hap = HaproxyInstance::start(series, &HaproxyConfig::echo(tap.addr(), true));
     hap.wait_for_server("be_agent", "agent", Duration::from_secs(10), |st| {
         st.status == "UP" && st.check() == "L7OK"
     })
