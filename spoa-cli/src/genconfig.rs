@@ -321,7 +321,7 @@ pub(crate) fn generate(args: &ConfigArgs, out: &Path) -> anyhow::Result<Generate
         if mux {
             "HAProxy 3.1+ speaks SPOP through its own multiplexer (mode spop)"
         } else {
-            "HAProxy 2.x requires mode tcp here (mode http, the default above, is rejected)"
+            "HAProxy before 3.1 requires mode tcp here (mode http, the default above, is rejected)"
         }
     );
     let _ = writeln!(c, "    mode {}", if mux { "spop" } else { "tcp" });
