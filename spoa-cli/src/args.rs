@@ -43,7 +43,8 @@ impl ParseValue for OwnedValue {
             "ipv4" => Self::Ipv4(value.parse().map_err(|e| bad(&e))?),
             "ipv6" => Self::Ipv6(value.parse().map_err(|e| bad(&e))?),
             "str" => Self::String(value.as_bytes().to_vec().into()),
-            "bin" => Self::Binary(parse_hex_digits(value).map_err(|e| bad(&e))?.into()),
+            // spaced hex (`bin:00 ff`) as `spoa decode` reads it
+            "bin" => Self::Binary(parse_hex_text(value).map_err(|e| bad(&e.message))?.into()),
             other => {
                 return Err(format!(
                     "unknown type {other:?} (expected null, bool, int32, uint32, int64, uint64, \
@@ -175,30 +176,6 @@ pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
-/// Decodes a run of hex digits (no separators), e.g. `00ff`.
-pub(crate) fn parse_hex_digits(s: &str) -> Result<Vec<u8>, String> {
-    if s.len() % 2 != 0 {
-        return Err("odd number of hex digits".into());
-    }
-    s.as_bytes()
-        .chunks(2)
-        .map(|p| {
-            let hi = hex_val(p[0]).ok_or("not a hex digit")?;
-            let lo = hex_val(p[1]).ok_or("not a hex digit")?;
-            Ok((hi << 4) | lo)
-        })
-        .collect()
-}
-
-const fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
-    }
-}
-
 /// Writes bytes as lowercase hex.
 pub(crate) fn to_hex(bytes: &[u8]) -> String {
     use std::fmt::Write;
@@ -227,27 +204,59 @@ impl InputFormat {
     }
 }
 
+/// A hex text error and the line (1-based) it is on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HexError {
+    pub(crate) line: usize,
+    pub(crate) message: String,
+}
+
+impl HexError {
+    fn new(line: usize, message: impl Into<String>) -> Self {
+        Self {
+            line,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for HexError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}: {}", self.line, self.message)
+    }
+}
+
+/// Whether `data` reads as text (UTF-8 without control characters other than tabs and line
+/// ends): such input is hex or an error, never binary frames (which start with NUL bytes).
+pub(crate) fn looks_like_text(data: &[u8]) -> bool {
+    std::str::from_utf8(data).is_ok()
+        && data
+            .iter()
+            .all(|&b| b >= 0x20 || matches!(b, b'\t' | b'\n' | b'\r'))
+}
+
 /// Turns file contents into frame bytes: hex text (whitespace ignored, `#` comments, and
 /// `"quoted strings"` standing for their bytes, as in the protocol notes) or raw binary.
 /// `Auto` picks hex when the input parses as hex text.
-pub(crate) fn decode_input(data: &[u8], format: InputFormat) -> Result<Vec<u8>, String> {
+pub(crate) fn decode_input(data: &[u8], format: InputFormat) -> Result<Vec<u8>, HexError> {
     match format {
         InputFormat::Binary => Ok(data.to_vec()),
         InputFormat::Hex => {
-            let text = std::str::from_utf8(data).map_err(|_| "hex input is not UTF-8 text")?;
+            let text = std::str::from_utf8(data)
+                .map_err(|_| HexError::new(1, "hex input is not UTF-8 text"))?;
             parse_hex_text(text)
         }
-        InputFormat::Auto => match std::str::from_utf8(data).ok().map(parse_hex_text) {
-            Some(Ok(bytes)) if !data.is_empty() => Ok(bytes),
-            _ => Ok(data.to_vec()),
-        },
+        InputFormat::Auto if looks_like_text(data) => {
+            parse_hex_text(std::str::from_utf8(data).unwrap_or_default())
+        }
+        InputFormat::Auto => Ok(data.to_vec()),
     }
 }
 
 /// Parses hex text: pairs of hex digits (tokens may hold several pairs, `0x` prefixes are
 /// allowed), whitespace and commas ignored, `#` starts a comment to end of line, `"..."` is a
 /// string literal (escapes `\" \\ \n \r \t \0 \xNN`).
-pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, String> {
+pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, HexError> {
     let mut out = Vec::new();
     let mut pending: Option<u8> = None;
     let mut chars = text.char_indices().peekable();
@@ -255,19 +264,19 @@ pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, String> {
     while let Some((_, c)) = chars.next() {
         match c {
             '\n' => {
-                line += 1;
                 if pending.is_some() {
-                    return Err(format!("line {line}: odd number of hex digits"));
+                    return Err(HexError::new(line, "odd number of hex digits"));
                 }
+                line += 1;
             }
             c if c.is_whitespace() || c == ',' => {
                 if pending.is_some() {
-                    return Err(format!("line {line}: odd number of hex digits in a token"));
+                    return Err(HexError::new(line, "odd number of hex digits in a token"));
                 }
             }
             '#' => {
                 if pending.is_some() {
-                    return Err(format!("line {line}: odd number of hex digits"));
+                    return Err(HexError::new(line, "odd number of hex digits"));
                 }
                 for (_, c) in chars.by_ref() {
                     if c == '\n' {
@@ -281,7 +290,7 @@ pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, String> {
             }
             '"' => {
                 if pending.is_some() {
-                    return Err(format!("line {line}: odd number of hex digits"));
+                    return Err(HexError::new(line, "odd number of hex digits"));
                 }
                 let mut closed = false;
                 while let Some((_, c)) = chars.next() {
@@ -305,21 +314,23 @@ pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, String> {
                                         #[allow(clippy::cast_possible_truncation)]
                                         (Some(h), Some(l)) => out.push((h * 16 + l) as u8),
                                         _ => {
-                                            return Err(format!(
-                                                "line {line}: bad \\x escape in a string"
+                                            return Err(HexError::new(
+                                                line,
+                                                "bad \\x escape in a string",
                                             ));
                                         }
                                     }
                                 }
                                 other => {
-                                    return Err(format!(
-                                        "line {line}: unknown escape \\{other} in a string"
+                                    return Err(HexError::new(
+                                        line,
+                                        format!("unknown escape \\{other} in a string"),
                                     ));
                                 }
                             }
                         }
                         '\n' => {
-                            return Err(format!("line {line}: unterminated string"));
+                            return Err(HexError::new(line, "unterminated string"));
                         }
                         c => {
                             let mut buf = [0u8; 4];
@@ -328,14 +339,14 @@ pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, String> {
                     }
                 }
                 if !closed {
-                    return Err(format!("line {line}: unterminated string"));
+                    return Err(HexError::new(line, "unterminated string"));
                 }
             }
             c => {
                 #[allow(clippy::cast_possible_truncation)]
                 let v = c
                     .to_digit(16)
-                    .ok_or_else(|| format!("line {line}: unexpected character {c:?}"))?
+                    .ok_or_else(|| HexError::new(line, format!("unexpected character {c:?}")))?
                     as u8;
                 match pending.take() {
                     Some(hi) => out.push((hi << 4) | v),
@@ -345,7 +356,7 @@ pub(crate) fn parse_hex_text(text: &str) -> Result<Vec<u8>, String> {
         }
     }
     if pending.is_some() {
-        return Err("odd number of hex digits at the end".into());
+        return Err(HexError::new(line, "odd number of hex digits at the end"));
     }
     Ok(out)
 }
@@ -394,6 +405,8 @@ mod tests {
         assert!("x=int32:99999999999".parse::<ArgSpec>().is_err());
         assert!("x=float:1".parse::<ArgSpec>().is_err());
         assert!("x=bin:0".parse::<ArgSpec>().is_err());
+        let a: ArgSpec = "b=bin:00 ff".parse().unwrap();
+        assert_eq!(a.value, OwnedValue::Binary(vec![0, 255].into()));
     }
 
     #[test]
@@ -442,6 +455,9 @@ mod tests {
         assert!(parse_hex_text("0 1").is_err());
         assert!(parse_hex_text("zz").is_err());
         assert!(parse_hex_text("\"abc").is_err());
+        assert_eq!(parse_hex_text("00\n0\n").unwrap_err().line, 2);
+        assert_eq!(parse_hex_text("# c\n00 zz").unwrap_err().line, 2);
+        assert_eq!(parse_hex_text("00\n\n1").unwrap_err().line, 3);
         assert_eq!(
             decode_input(b"\x00\x00\x00\x07", InputFormat::Auto).unwrap(),
             [0, 0, 0, 7]
@@ -453,6 +469,12 @@ mod tests {
         assert_eq!(
             decode_input(b"00000007", InputFormat::Binary).unwrap(),
             b"00000007"
+        );
+        // text that is not hex is an error, not binary input
+        assert!(decode_input(b"hello\n", InputFormat::Auto).is_err());
+        assert_eq!(
+            decode_input(b"\x00\x00\x00\x07hello", InputFormat::Auto).unwrap(),
+            b"\x00\x00\x00\x07hello"
         );
     }
 }

@@ -26,8 +26,9 @@ use crate::args::{Addr, ArgSpec, OwnedValue, add_message, parse_duration};
 use crate::client::handshake;
 use crate::net::{FrameConn, connect};
 
-/// Load-test an agent: N connections, K NOTIFYs in flight on each, for a duration or a
-/// number of requests; a progress line per second on stderr, then a report (throughput,
+/// Load-test an agent: throughput, latency percentiles, errors.
+///
+/// N connections, K NOTIFYs in flight on each, for a duration or a number of requests; a progress line per second on stderr, then a report (throughput,
 /// latency percentiles, errors by kind).
 ///
 /// Without --message/--arg, each NOTIFY carries message `bench` with
@@ -62,14 +63,16 @@ pub(crate) struct BenchArgs {
     /// max-frame-size offered in the HELLO.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     max_frame_size: u32,
-    /// A NOTIFY without ACK after this long counts as a timeout; also the handshake limit.
+    /// A NOTIFY without ACK after this long counts as a timeout; also the handshake limit
+    /// (itself never longer than --duration).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     timeout: Duration,
     /// No progress lines.
     #[arg(long)]
     quiet: bool,
-    /// Worker threads (1: a single-threaded runtime).
-    #[arg(long, default_value_t = 1)]
+    /// Worker threads: 0 (the default of every spoa command) means one per available core,
+    /// within the CPU affinity `taskset` sets; 1 runs a single-threaded runtime.
+    #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
     /// Instead of benchmarking, run the null agent (alias of `spoa null-agent`).
     #[arg(long, requires = "listen", conflicts_with = "connect")]
@@ -164,6 +167,8 @@ struct Config {
     pipeline: usize,
     max_frame_size: u32,
     timeout: Duration,
+    /// Connect + HELLO limit: --timeout, at most --duration.
+    handshake_timeout: Duration,
 }
 
 struct ConnResult {
@@ -229,6 +234,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         pipeline: args.pipeline,
         max_frame_size: args.max_frame_size,
         timeout: args.timeout,
+        handshake_timeout: duration.map_or(args.timeout, |d| d.min(args.timeout)),
     });
     let barrier = Arc::new(Barrier::new(args.connections + 1));
     let mut tasks = Vec::with_capacity(args.connections);
@@ -315,7 +321,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     #[allow(clippy::cast_precision_loss)]
     let (p50, p90, p99, p999, max, mean) = if hist.is_empty() {
-        (0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+        (f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN, f64::NAN)
     } else {
         (
             us(0.50),
@@ -366,10 +372,20 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         );
         println!("requests    {completed} completed ({sent} sent) in {secs:.3} s");
         println!("throughput  {throughput:.0} req/s");
-        println!(
-            "latency     p50 {p50:.1} us, p90 {p90:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us (mean {mean:.1} us)"
-        );
+        if hist.is_empty() {
+            println!("latency     none (nothing completed)");
+        } else {
+            println!(
+                "latency     p50 {p50:.1} us, p90 {p90:.1} us, p99 {p99:.1} us, p99.9 {p999:.1} us, max {max:.1} us (mean {mean:.1} us)"
+            );
+        }
         println!("errors      {}", errors_text(&errors));
+    }
+    if completed == 0 {
+        eprintln!(
+            "error: no request completed ({sent} sent, {} error(s)); is {addr} an SPOE agent?",
+            errors.total()
+        );
     }
     Ok(if errors.total() == 0 && completed > 0 {
         ExitCode::SUCCESS
@@ -414,18 +430,31 @@ async fn run_conn(cfg: Arc<Config>, shared: Arc<Shared>, barrier: Arc<Barrier>) 
         pipelining: None,
     };
     let setup = async {
-        let io = match connect(&cfg.addr).await {
-            Ok(io) => io,
-            Err(e) => {
+        let io = match tokio::time::timeout(cfg.handshake_timeout, connect(&cfg.addr)).await {
+            Ok(Ok(io)) => io,
+            Ok(Err(e)) => {
                 eprintln!("connect to {} failed: {e}", cfg.addr);
+                r.errors.connect += 1;
+                return None;
+            }
+            Err(_) => {
+                eprintln!(
+                    "connect to {} timed out after {:?}",
+                    cfg.addr, cfg.handshake_timeout
+                );
                 r.errors.connect += 1;
                 return None;
             }
         };
         let mut conn = FrameConn::new(io, cfg.max_frame_size);
         match tokio::time::timeout(
-            cfg.timeout,
-            handshake(&mut conn, cfg.max_frame_size, "pipelining", cfg.timeout),
+            cfg.handshake_timeout,
+            handshake(
+                &mut conn,
+                cfg.max_frame_size,
+                "pipelining",
+                cfg.handshake_timeout,
+            ),
         )
         .await
         {
@@ -447,7 +476,7 @@ async fn run_conn(cfg: Arc<Config>, shared: Arc<Shared>, barrier: Arc<Barrier>) 
                 None
             }
             Err(_) => {
-                eprintln!("handshake timed out");
+                eprintln!("handshake timed out after {:?}", cfg.handshake_timeout);
                 r.errors.handshake += 1;
                 None
             }
@@ -647,7 +676,12 @@ async fn load(
                 }
                 Ok(None) => break,
                 Err(e) => {
-                    eprintln!("malformed frame from the agent: {e}");
+                    let hint = if crate::net::looks_like_http(&rbuf[pos..]) {
+                        crate::net::HTTP_HINT
+                    } else {
+                        ""
+                    };
+                    eprintln!("malformed frame from the agent: {e}{hint}");
                     r.errors.unexpected_frame += 1;
                     r.completed += done;
                     shared.completed.fetch_add(done, Ordering::Relaxed);

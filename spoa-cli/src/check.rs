@@ -6,16 +6,21 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use bytes::BytesMut;
+use serde_json::json;
 use spop_proto::frame::{DEFAULT_MAX_FRAME_SIZE, HaproxyHello};
 
 use crate::args::{Addr, parse_duration};
 use crate::client::{Negotiated, check_agent_hello};
 use crate::net::{FrameConn, connect};
 
-/// Health-check an agent like `option spop-check`: send HAProxy's 82-byte health-check HELLO
-/// and validate the AGENT-HELLO (type 101, flags exactly 0x00000001, ids 0, version 2.0,
-/// max-frame-size in [256, 16380], capabilities present). Exit status 0 when healthy, 1 when
-/// not.
+/// Health-check an agent like HAProxy's `option spop-check`.
+///
+/// Sends HAProxy's 82-byte health-check HELLO (`healthcheck` true) and validates the
+/// AGENT-HELLO as strictly as HAProxy 3.x: type 101, flags exactly 0x00000001, ids 0, version
+/// 2.0, max-frame-size in [256, 16380], capabilities present. Exit status 0 when healthy, 1
+/// when not, so it fits container health checks and scripts:
+///
+///   HEALTHCHECK CMD ["spoa", "check", "--connect", "127.0.0.1:12345"]
 #[derive(Debug, clap::Args)]
 pub(crate) struct CheckArgs {
     /// Agent address: host:port, or a Unix socket (unix:/path or any path with a '/').
@@ -24,6 +29,10 @@ pub(crate) struct CheckArgs {
     /// Time allowed for connecting and the whole exchange.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
     timeout: Duration,
+    /// Print one JSON object instead of text: `{"healthy": bool, "negotiated": {...}}` or
+    /// `{"healthy": false, "error": "..."}`.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
@@ -34,11 +43,19 @@ pub(crate) async fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     };
     match result {
         Ok(n) => {
-            println!("healthy: {}", n.text());
+            if args.json {
+                println!("{}", json!({ "healthy": true, "negotiated": n.json() }));
+            } else {
+                println!("healthy: {}", n.text());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(e) => {
-            println!("unhealthy: {e:#}");
+            if args.json {
+                println!("{}", json!({ "healthy": false, "error": format!("{e:#}") }));
+            } else {
+                println!("unhealthy: {e:#}");
+            }
             Ok(ExitCode::FAILURE)
         }
     }

@@ -20,8 +20,18 @@ use crate::net::{FrameConn, Received, connect};
 /// HAProxy allows at most this many NOTIFYs in flight on a pipelined connection.
 pub(crate) const HAPROXY_PIPELINE_LIMIT: usize = 20;
 
-/// Play HAProxy: send a HELLO and NOTIFY(s), print the negotiated parameters and each ACK's
-/// actions, then disconnect.
+/// Play HAProxy: HELLO, NOTIFY(s), DISCONNECT; print the ACKs.
+///
+/// Sends a HELLO and NOTIFY(s), prints the negotiated parameters and each ACK's actions, then
+/// disconnects.
+///
+/// The NOTIFY carries one message (--message) with the --arg's in order, typed as given:
+/// `ip=ipv4:10.0.0.1`, `n=int64:-1`, `s=str:any text`, `b=bin:00 ff` (hex, spaces allowed),
+/// `x=null`. An empty name (`=str:x`) makes an unnamed argument, as `args str(x)` does in
+/// HAProxy (`spoa echo` answers those as `arg0`, `arg1`... by position). NOTIFYs use
+/// stream-ids 1, 3, 5... with frame-id 1, pipelined up to 20 at a time when the agent agreed.
+/// Exit status 1 when the agent refuses the handshake, disconnects, or an ACK is missing or
+/// malformed.
 #[derive(Debug, clap::Args)]
 pub(crate) struct ClientArgs {
     /// Agent address: host:port, or a Unix socket (unix:/path or any path with a '/').

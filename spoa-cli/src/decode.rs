@@ -14,11 +14,22 @@ use spop_proto::{Action, DecodeError, FrameType, HeaderBlock, KvList, StatusCode
 
 use crate::args::{InputFormat, decode_input, to_hex, typed_json};
 
-/// Pretty-print SPOP frames (hex or binary).
+/// Pretty-print SPOP frames from hex, binary or a `spoa tap` recording.
 ///
-/// Hex input ignores whitespace and `#` comments and accepts `"quoted strings"` for their
-/// bytes, so the worked frames of the protocol notes can be pasted as they are. A BINARY
-/// argument that is a valid `req.hdrs_bin` header block is also shown as its headers.
+/// Input is detected: a `spoa tap` recording (it starts with `SPOATAP`), hex text (any input
+/// that is text), or raw binary frames (anything else). Text that is not valid hex is an
+/// error naming the line, never read as binary; --hex and --bin force a format.
+///
+/// The hex grammar: pairs of hex digits, alone or run together (`00 00 00 07`, `00000007`,
+/// `0x07`); whitespace and commas are ignored; `#` comments run to the end of the line;
+/// `"quoted strings"` stand for their bytes (escapes `\" \\ \n \r \t \0 \xNN`). So the
+/// worked frames of the protocol notes can be pasted as they are.
+///
+/// Each frame is printed with its offset, type, flags and ids, then its KV-list, messages
+/// (unnamed arguments shown as `#0`, `#1`...) or actions. Malformed frames are reported with
+/// the status an agent would answer, and decoding goes on at the next frame when its length
+/// is sound. A BINARY argument that is a valid `req.hdrs_bin` header block is also shown as
+/// its headers. Exit status 1 when any frame is malformed.
 #[derive(Debug, clap::Args)]
 pub(crate) struct DecodeArgs {
     /// File to read, or `-` for standard input.
@@ -53,8 +64,27 @@ pub(crate) fn read_input(path: &str) -> anyhow::Result<Vec<u8>> {
 
 pub(crate) fn run(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
     let raw = read_input(&args.input)?;
-    let data = decode_input(&raw, InputFormat::from_flags(args.hex, args.bin))
-        .map_err(|e| anyhow::anyhow!("cannot parse hex input: {e}"))?;
+    if crate::recording::is_recording(&raw) && !args.hex && !args.bin {
+        return decode_recording(args, &raw);
+    }
+    let data = match decode_input(&raw, InputFormat::from_flags(args.hex, args.bin)) {
+        Ok(d) => d,
+        Err(e) => {
+            if args.json {
+                println!(
+                    "{}",
+                    json!({ "error": "not valid hex", "line": e.line, "message": e.message })
+                );
+                return Ok(ExitCode::FAILURE);
+            }
+            anyhow::bail!(
+                "{}: not valid hex at line {}: {} (binary input: --bin)",
+                args.input,
+                e.line,
+                e.message
+            );
+        }
+    };
     if data.is_empty() {
         anyhow::bail!("no input");
     }
@@ -81,6 +111,111 @@ pub(crate) fn run(args: &DecodeArgs) -> anyhow::Result<ExitCode> {
         print!("{out}");
     }
     Ok(if report.errors.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Prints a `spoa tap` recording: every record with its time, connection and direction,
+/// frames decoded.
+fn decode_recording(args: &DecodeArgs, raw: &[u8]) -> anyhow::Result<ExitCode> {
+    use crate::recording::{self, Kind};
+    let rec = recording::parse(raw).map_err(|e| anyhow::anyhow!("{}: {e}", args.input))?;
+    let mut out = String::new();
+    let mut records = Vec::new();
+    let mut malformed = 0u64;
+    let _ = writeln!(
+        out,
+        "spoa tap recording, started at {} (µs since the Unix epoch), {} records",
+        rec.start_unix_us,
+        rec.records.len()
+    );
+    for r in &rec.records {
+        #[allow(clippy::cast_precision_loss)]
+        let secs = r.time_us as f64 / 1e6;
+        let _ = write!(out, "[{secs:>12.6}] #{} {}: ", r.conn, r.kind.label());
+        let mut obj = json!({
+            "offset": r.offset, "time_us": r.time_us, "conn": r.conn, "kind": r.kind.label(),
+        });
+        match r.kind {
+            Kind::ToAgent | Kind::ToHaproxy => {
+                let d = &r.data;
+                match split_frame(d, u32::MAX) {
+                    Ok(Some((h, payload, _))) => {
+                        match decode_frame(r.offset as u64, d.len() - 4, &h, payload) {
+                            Ok(f) => {
+                                // "frame at offset N: " is the record's; keep the rest
+                                let text = f.text.split_once(": ").map_or(f.text.as_str(), |x| x.1);
+                                out.push_str(text);
+                                obj["frame"] = f.json;
+                            }
+                            Err(e) => {
+                                malformed += 1;
+                                let _ = writeln!(
+                                    out,
+                                    "malformed {} ({e}, status {}): {}",
+                                    h.frame_type,
+                                    e.status(),
+                                    to_hex(d)
+                                );
+                                obj["error"] = json!(e.to_string());
+                                obj["hex"] = json!(to_hex(d));
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => {
+                        malformed += 1;
+                        let _ = writeln!(out, "malformed frame: {}", to_hex(d));
+                        obj["error"] = json!("malformed frame");
+                        obj["hex"] = json!(to_hex(d));
+                    }
+                }
+            }
+            Kind::GarbageToAgent | Kind::GarbageToHaproxy => {
+                let shown = &r.data[..r.data.len().min(64)];
+                let _ = writeln!(
+                    out,
+                    "{} bytes that are not SPOP frames{}: {}{}\n  text: {:?}",
+                    r.data.len(),
+                    if crate::net::looks_like_http(&r.data) {
+                        " (HTTP)"
+                    } else {
+                        ""
+                    },
+                    to_hex(shown),
+                    if r.data.len() > 64 { "..." } else { "" },
+                    String::from_utf8_lossy(shown)
+                );
+                obj["hex"] = json!(to_hex(&r.data));
+            }
+            Kind::Open | Kind::Close | Kind::Note => {
+                let text = String::from_utf8_lossy(&r.data);
+                let _ = writeln!(out, "{text}");
+                obj["text"] = json!(text);
+            }
+        }
+        records.push(obj);
+    }
+    if let Some(at) = rec.truncated_at {
+        let _ = writeln!(
+            out,
+            "the file ends inside a record at offset {at} (the tap was stopped abruptly)"
+        );
+    }
+    if args.json {
+        println!(
+            "{}",
+            json!({
+                "recording": { "start_unix_us": rec.start_unix_us, "truncated_at": rec.truncated_at },
+                "records": records,
+                "malformed": malformed,
+            })
+        );
+    } else {
+        print!("{out}");
+    }
+    Ok(if malformed == 0 {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -11,18 +11,23 @@ use std::sync::LazyLock;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use anyhow::Context as _;
+use spoa_runtime::admin::{Health, serve_admin};
+use spoa_runtime::unix_socket::SocketPermissions;
 use spoa_runtime::{
-    BoxError, DEFAULT_ERROR_VAR, DEFAULT_MAX_IN_FLIGHT, Handler, LameDuck, Request, Server,
-    handler_fn,
+    BoxError, CancellationToken, DEFAULT_ERROR_VAR, DEFAULT_MAX_IN_FLIGHT, Handler, LameDuck,
+    Request, Server, handler_fn, sd_notify,
 };
 use spop_proto::frame::DEFAULT_MAX_FRAME_SIZE;
 use spop_proto::{Actions, Scope, TypedData, is_valid_var_name};
-use tracing::info;
+use tracing::{info, warn};
 
 use crate::args::Addr;
 use crate::net::AnyListener;
 
-/// Run the echo agent: for each argument of each message, set a variable named after the
+/// Run the reference agent: every argument comes back as a variable.
+///
+/// For each argument of each message, the echo agent sets a variable named after the
 /// argument (unnamed ones: `arg0`, `arg1`... by position in the message) holding the same
 /// typed value. HAProxy reads it as `var(<scope>.<var-prefix>.<name>)`.
 ///
@@ -53,6 +58,12 @@ use crate::net::AnyListener;
 /// fraction F of NOTIFYs (0 to 1); `every:N` every Nth NOTIFY; `match:TEXT` NOTIFYs with a
 /// STRING or BINARY argument containing TEXT. Example: `spoa echo --listen 127.0.0.1:12345
 /// --delay 3s --delay-which match:/slow` hangs every request whose path contains /slow.
+///
+/// For operators: --admin serves `/healthz` (200 while serving, 503 while starting or
+/// draining) and `/metrics` (Prometheus text); under systemd (`NOTIFY_SOCKET` set, a
+/// `Type=notify` unit) it sends READY=1 once listening, STOPPING=1 when the shutdown begins,
+/// and WATCHDOG=1 pings when the unit sets `WatchdogSec=`. A Unix socket can be given a mode,
+/// owner and group so that HAProxy's user may connect.
 #[derive(Debug, clap::Args)]
 #[command(
     after_help = "Variable names: an unnamed argument becomes arg0, arg1... (its position \
@@ -128,7 +139,20 @@ pub(crate) struct EchoArgs {
     /// Time allowed for HAProxy's HELLO after a connection opens (e.g. `10s`, `500ms`).
     #[arg(long, default_value = "10s", value_parser = crate::args::parse_duration)]
     hello_timeout: Duration,
-    /// Worker threads; 0 means one per available core (1 runs a single-threaded runtime).
+    /// Serve `/healthz` and `/metrics` over HTTP on this address (host:port).
+    #[arg(long, value_name = "ADDR")]
+    admin: Option<String>,
+    /// Mode of the Unix socket file, in octal (e.g. 660).
+    #[arg(long, value_name = "MODE", value_parser = spoa_runtime::unix_socket::parse_mode)]
+    unix_mode: Option<u32>,
+    /// Owner of the Unix socket file (user name or uid).
+    #[arg(long, value_name = "USER")]
+    unix_owner: Option<String>,
+    /// Group of the Unix socket file (group name or gid), e.g. HAProxy's.
+    #[arg(long, value_name = "GROUP")]
+    unix_group: Option<String>,
+    /// Worker threads: 0 (the default of every spoa command) means one per available core,
+    /// within the CPU affinity `taskset` sets; 1 runs a single-threaded runtime.
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
 }
@@ -286,6 +310,7 @@ impl Handler for BadDay {
 }
 
 pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
+    let metrics = std::sync::Arc::new(spoa_runtime::Metrics::default());
     let mut builder = Server::builder()
         .max_frame_size(args.max_frame_size)
         .pipelining(!args.no_pipelining)
@@ -296,7 +321,8 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         .processing_timeout(args.processing_timeout)
         .lame_duck(args.lame_duck)
         .drain_quiet(args.drain_quiet)
-        .error_var(Scope::Transaction, args.error_var.clone());
+        .error_var(Scope::Transaction, args.error_var.clone())
+        .metrics(metrics.clone());
     if args.reuse_port {
         builder = builder.lame_duck_mode(LameDuck::ReleasePort);
     }
@@ -309,11 +335,40 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
     let server = builder
         .build()
         .map_err(|e| anyhow::anyhow!("{e} (spoa echo: see --help)"))?;
-    let (shutdown, second) = crate::shutdown_signals()?;
-    let listener = AnyListener::bind_opts(&args.listen, args.reuse_port).await?;
+    let (signal, second) = crate::shutdown_signals()?;
+    let health = Health::new();
+    let stop_admin = CancellationToken::new();
+    // the admin endpoint first: /healthz says 503 "starting" until the agent listens
+    if let Some(a) = &args.admin {
+        let l = tokio::net::TcpListener::bind(a.as_str())
+            .await
+            .with_context(|| format!("cannot listen on {a} (--admin)"))?;
+        eprintln!("admin endpoint on http://{}", l.local_addr()?);
+        tokio::spawn(serve_admin(
+            l,
+            health.clone(),
+            metrics.clone(),
+            stop_admin.clone().cancelled_owned(),
+        ));
+    }
+    let perms = SocketPermissions {
+        mode: args.unix_mode,
+        owner: args.unix_owner.clone(),
+        group: args.unix_group.clone(),
+    };
+    let listener = AnyListener::bind_with(&args.listen, args.reuse_port, &perms).await?;
     let scope = args.scope;
     let unix_path = listener.unix_path();
+    health.set_serving();
     eprintln!("listening on {}", listener.local_addr());
+    notify_systemd("READY=1");
+    let watchdog = sd_notify::spawn_watchdog();
+    let draining = health.clone();
+    let shutdown = async move {
+        signal.await;
+        draining.set_draining();
+        notify_systemd("STOPPING=1");
+    };
     info!(
         scope = %scope,
         max_frame_size = args.max_frame_size,
@@ -343,6 +398,11 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
             () = second => info!("second signal: stopping now"),
         }
     }
+    health.set_stopped();
+    stop_admin.cancel();
+    if let Some(w) = watchdog {
+        w.abort();
+    }
     if let Some(p) = unix_path {
         let _ = std::fs::remove_file(p);
     }
@@ -359,6 +419,13 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
         "echo agent stopped"
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// Tells systemd (when it asked, with `NOTIFY_SOCKET`); a failure is logged, not fatal.
+fn notify_systemd(state: &str) {
+    if let Err(e) = sd_notify::notify(state) {
+        warn!(error = %e, state, "cannot notify systemd");
+    }
 }
 
 async fn serve<H: Handler>(

@@ -8,9 +8,14 @@ mod check;
 mod client;
 mod decode;
 mod echo;
+mod explain;
+mod genconfig;
+mod lint;
 mod net;
 mod null_agent;
+mod recording;
 mod replay;
+mod tap;
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -21,8 +26,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 use tracing_subscriber::EnvFilter;
 
-/// SPOP (HAProxy SPOE) toolkit: agents, a client, a health check, a decoder and a load
-/// generator.
+/// SPOP (HAProxy SPOE) toolkit: agents, a client, a health check, a decoder, a replayer, a
+/// load generator, and tools for operators (explain, config, lint, tap).
+///
+/// `spoa <command> --help` shows each command's full help. Logs of the long-running commands
+/// (echo, null-agent, tap) go to stderr, filtered by RUST_LOG (default `info`, e.g.
+/// `RUST_LOG=debug` or `RUST_LOG=spoa_runtime=trace`).
 #[derive(Debug, Parser)]
 #[command(name = "spoa", version, propagate_version = true)]
 struct Cli {
@@ -30,22 +39,22 @@ struct Cli {
     command: Command,
 }
 
+// The commands' help is the doc comment of their Args struct (first paragraph: the short
+// help of `spoa --help`; all of it: `spoa <command> --help`): no doc comments here, they
+// would replace it.
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Run the reference agent: every argument comes back as a variable.
     Echo(echo::EchoArgs),
-    /// Play HAProxy: HELLO, NOTIFY(s), DISCONNECT; print the ACKs.
     Client(client::ClientArgs),
-    /// Health-check an agent like HAProxy's `option spop-check`.
     Check(check::CheckArgs),
-    /// Pretty-print frames from hex or binary input.
     Decode(decode::DecodeArgs),
-    /// Send recorded frames to an agent and show the replies.
     Replay(replay::ReplayArgs),
-    /// Load-test an agent: throughput, latency percentiles, errors.
     Bench(bench::BenchArgs),
-    /// Run a null agent (empty ACK for every NOTIFY, payload never parsed): the I/O floor.
     NullAgent(null_agent::NullAgentArgs),
+    Explain(explain::ExplainArgs),
+    Config(genconfig::ConfigArgs),
+    Lint(lint::LintArgs),
+    Tap(tap::TapArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,7 +87,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Client(a) => runtime(1)?.block_on(client::run(&a)),
         Command::Check(a) => runtime(1)?.block_on(check::run(&a)),
-        Command::Replay(a) => runtime(1)?.block_on(replay::run(&a)),
+        Command::Replay(a) => match runtime(1)?.block_on(replay::run(&a)) {
+            // under --json a failure is JSON on stdout too
+            Err(e) if a.json => {
+                println!(
+                    "{}",
+                    serde_json::json!({ "ok": false, "error": format!("{e:#}") })
+                );
+                Ok(ExitCode::FAILURE)
+            }
+            other => other,
+        },
+        Command::Explain(a) => explain::run(&a),
+        Command::Config(a) => genconfig::run(&a),
+        Command::Lint(a) => lint::run(&a),
+        Command::Tap(a) => {
+            init_logging();
+            runtime(a.threads)?.block_on(tap::run(&a))
+        }
     }
 }
 

@@ -149,6 +149,27 @@ impl AnyListener {
         }
     }
 
+    /// Like [`Self::bind`], then gives a Unix socket file the permissions asked for (an
+    /// error for a TCP address when any is asked).
+    pub(crate) async fn bind_with(
+        addr: &Addr,
+        reuse_port: bool,
+        perms: &spoa_runtime::unix_socket::SocketPermissions,
+    ) -> anyhow::Result<Self> {
+        let asked = *perms != spoa_runtime::unix_socket::SocketPermissions::default();
+        if asked && matches!(addr, Addr::Tcp(_)) {
+            bail!("--unix-mode, --unix-owner and --unix-group need a Unix socket address");
+        }
+        let l = Self::bind_opts(addr, reuse_port).await?;
+        if let (true, Self::Unix(_, p)) = (asked, &l) {
+            if let Err(e) = spoa_runtime::unix_socket::apply(p, perms) {
+                let _ = std::fs::remove_file(p);
+                return Err(e.into());
+            }
+        }
+        Ok(l)
+    }
+
     /// The address to print: `127.0.0.1:PORT` (the real port when 0 was asked) or
     /// `unix:/path`.
     pub(crate) fn local_addr(&self) -> String {
@@ -211,6 +232,8 @@ pub(crate) enum RecvError {
     Decode {
         offset: u64,
         error: DecodeError,
+        /// The bytes look like HTTP.
+        http: bool,
     },
 }
 
@@ -223,16 +246,38 @@ impl fmt::Display for RecvError {
                 f,
                 "connection closed in the middle of a frame at offset {offset} ({buffered} bytes received)"
             ),
-            Self::Decode { offset, error } => write!(
-                f,
-                "malformed frame at offset {offset}: {error} (status {})",
-                error.status()
-            ),
+            Self::Decode {
+                offset,
+                error,
+                http,
+            } => {
+                write!(
+                    f,
+                    "malformed frame at offset {offset}: {error} (status {})",
+                    error.status()
+                )?;
+                if *http {
+                    f.write_str(HTTP_HINT)?;
+                }
+                Ok(())
+            }
         }
     }
 }
 
 impl std::error::Error for RecvError {}
+
+/// Said when the peer's bytes look like HTTP.
+pub(crate) const HTTP_HINT: &str = "; the peer speaks HTTP, not SPOP: is this the address of \
+     an HTTP server (HAProxy's frontend, an admin or metrics port) instead of the agent?";
+
+/// The start of an HTTP response or request.
+pub(crate) fn looks_like_http(buf: &[u8]) -> bool {
+    const STARTS: [&[u8]; 6] = [b"HTTP/", b"GET ", b"POST ", b"HEAD ", b"PUT ", b"<!DOC"];
+    STARTS
+        .iter()
+        .any(|s| buf.len() >= 4 && s.starts_with(&buf[..buf.len().min(s.len())]))
+}
 
 /// Reads whole frames off a stream, tracking byte offsets.
 #[derive(Debug)]
@@ -302,6 +347,7 @@ impl FrameConn {
                     return Err(RecvError::Decode {
                         offset: self.offset,
                         error,
+                        http: looks_like_http(&self.rbuf),
                     });
                 }
             }

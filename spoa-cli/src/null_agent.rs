@@ -14,9 +14,13 @@ use tracing::{debug, info};
 use crate::args::Addr;
 use crate::net::AnyListener;
 
-/// Run a null agent: every NOTIFY gets an empty ACK with its ids (only the frame header is
-/// parsed); the handshake is minimal (AGENT-HELLO with min(offered, own) max-frame-size and
-/// `pipelining`). It is the I/O floor agents are benchmarked against.
+/// Run a null agent (empty ACK for every NOTIFY, payload never parsed): the I/O floor.
+///
+/// Every NOTIFY gets an empty ACK with its ids (only the frame header is parsed); the
+/// handshake is minimal (AGENT-HELLO with min(offered, own) max-frame-size and
+/// `pipelining`). It is the I/O floor agents are benchmarked against: run `spoa bench`
+/// against it and against the agent in the same run and compare. Logs go to stderr, filtered
+/// by RUST_LOG.
 #[derive(Debug, clap::Args)]
 pub(crate) struct NullAgentArgs {
     /// Listen address: host:port (port 0 picks one), or a Unix socket (unix:/path or any path
@@ -26,7 +30,8 @@ pub(crate) struct NullAgentArgs {
     /// Largest frame accepted and announced.
     #[arg(long, default_value_t = DEFAULT_MAX_FRAME_SIZE)]
     max_frame_size: u32,
-    /// Worker threads; 0 means one per available core (1 runs a single-threaded runtime).
+    /// Worker threads: 0 (the default of every spoa command) means one per available core,
+    /// within the CPU affinity `taskset` sets; 1 runs a single-threaded runtime.
     #[arg(long, default_value_t = 0)]
     pub(crate) threads: usize,
 }

@@ -193,12 +193,41 @@ fn every_subcommand_has_help() {
         "replay",
         "bench",
         "null-agent",
+        "explain",
+        "config",
+        "lint",
+        "tap",
     ] {
         let out = spoa(&[sub, "--help"]);
         assert!(out.ok(), "{sub}: {out:?}");
         assert!(out.stdout.contains("Usage: spoa"), "{sub}: {out:?}");
+        // the long help (the doc comment after its first paragraph) reaches --help
+        let short = spoa(&[sub, "-h"]);
+        assert!(
+            out.stdout.len() > short.stdout.len(),
+            "{sub}: --help is not longer than -h:\n{out:?}"
+        );
     }
-    assert!(spoa(&["--help"]).ok());
+    let top = spoa(&["--help"]);
+    assert!(top.ok() && top.stdout.contains("RUST_LOG"), "{top:?}");
+    // what each long help must say
+    for (sub, needle) in [
+        ("echo", "arg0"),
+        ("echo", "RUST_LOG"),
+        ("decode", "`#` comments"),
+        ("decode", "not valid hex"),
+        ("replay", "Skipped: agent-side frames"),
+        ("replay", "Added: a HELLO"),
+        ("bench", "one per available core"),
+        ("echo", "one per available core"),
+        ("null-agent", "one per available core"),
+    ] {
+        let out = spoa(&[sub, "--help"]);
+        assert!(
+            out.stdout.contains(needle),
+            "{sub} --help lacks {needle:?}:\n{out:?}"
+        );
+    }
 }
 
 const ALL_TYPES: &[&str] = &[
@@ -1172,4 +1201,522 @@ fn bench_counts_connect_errors() {
     let doc = out.json();
     assert_eq!(doc["errors"]["connect"], 2);
     assert_eq!(doc["requests"], 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// coherence: hex errors, spaced bin args, bench without completions, HTTP peers, --json
+
+#[test]
+fn decode_reports_text_that_is_not_hex() {
+    let out = spoa_with_input(&["decode"], b"hello world\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("not valid hex at line 1"), "{out:?}");
+    assert!(!out.stdout.contains("frame"), "read as binary: {out:?}");
+    let out = spoa_with_input(&["decode"], b"# a comment\n00 00 00 07\n67 00 0\n");
+    assert!(
+        out.stderr.contains("line 3: odd number of hex digits"),
+        "{out:?}"
+    );
+    let out = spoa_with_input(&["decode", "--json"], b"00 00\n00 zz\n");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["error"], "not valid hex");
+    assert_eq!(doc["line"], 2);
+    assert!(doc["message"].as_str().unwrap().contains("'z'"), "{doc}");
+    // binary input is still detected
+    let out = spoa_with_input(&["decode"], &[0, 0, 0, 7, 0x67, 0, 0, 0, 1, 1, 1]);
+    assert!(out.ok(), "{out:?}");
+}
+
+#[test]
+fn client_accepts_spaced_bin_values() {
+    let agent = echo();
+    let out = spoa(&[
+        "client",
+        "--connect",
+        &agent.addr,
+        "--message",
+        "m",
+        "--arg",
+        "b=bin:00 ff 10",
+        "--json",
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    assert_eq!(
+        doc["acks"][0]["actions"][0]["value"]["value"], "00ff10",
+        "{doc}"
+    );
+}
+
+#[test]
+fn check_json_healthy_and_unhealthy() {
+    let agent = echo();
+    let out = spoa(&["check", "--json", "--connect", &agent.addr]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["healthy"], true);
+    assert_eq!(doc["negotiated"]["version"], "2.0");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = spoa(&["check", "--json", "--connect", &format!("127.0.0.1:{port}")]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["healthy"], false);
+    assert!(
+        doc["error"].as_str().unwrap().contains("cannot connect"),
+        "{doc}"
+    );
+}
+
+/// A peer that answers every connection like an HTTP server.
+fn http_peer() -> String {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap().to_string();
+    thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { break };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n");
+        }
+    });
+    addr
+}
+
+#[test]
+fn http_peer_gets_a_hint() {
+    let addr = http_peer();
+    let out = spoa(&["check", "--connect", &addr]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("the peer speaks HTTP"), "{out:?}");
+    let out = spoa(&["client", "--connect", &addr, "--message", "m"]);
+    assert!(out.stderr.contains("the peer speaks HTTP"), "{out:?}");
+}
+
+#[test]
+fn bench_with_nothing_completed_fails_clearly_and_in_time() {
+    // an HTTP peer: the handshake fails
+    let addr = http_peer();
+    let out = spoa(&["bench", "--connect", &addr, "--duration", "1s", "--quiet"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("no request completed"), "{out:?}");
+    assert!(out.stdout.contains("latency     none"), "{out:?}");
+    let out = spoa(&[
+        "bench",
+        "--connect",
+        &addr,
+        "--duration",
+        "1s",
+        "--quiet",
+        "--json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.json()["latency_us"]["p50"].is_null(), "{out:?}");
+    // a silent peer: the handshake wait ends with --duration, not --timeout
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = silent.local_addr().unwrap().to_string();
+    let started = Instant::now();
+    let out = spoa(&[
+        "bench",
+        "--connect",
+        &addr,
+        "--duration",
+        "500ms",
+        "--timeout",
+        "30s",
+        "--quiet",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr.contains("500ms"),
+        "the wait is not bounded by --duration: {out:?}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20), "{out:?}");
+    drop(silent);
+}
+
+#[test]
+fn replay_json() {
+    let agent = echo();
+    let path = temp_path("replay-json.hex");
+    std::fs::write(
+        &path,
+        "# NOTIFY sid 1 fid 1: message m, arg n=int64:1\n00 00 00 0e 03 00 00 00 01 01 01 01 6d 01 01 6e 03 01\n",
+    )
+    .unwrap();
+    let out = spoa(&[
+        "replay",
+        "--json",
+        "--connect",
+        &agent.addr,
+        path.to_str().unwrap(),
+    ]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    assert_eq!(doc["ok"], true, "{doc}");
+    let events = doc["events"].as_array().unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["frame"]["type"] == "ACK" && e["frame"]["actions"][0]["name"] == "n"),
+        "{doc}"
+    );
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = spoa(&[
+        "replay",
+        "--json",
+        "--connect",
+        &format!("127.0.0.1:{port}"),
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert_eq!(out.json()["ok"], false);
+    let _ = std::fs::remove_file(path);
+}
+
+// ---------------------------------------------------------------------------------------------
+// tap
+
+#[test]
+fn tap_stops_recording_at_the_size_limit_and_keeps_forwarding() {
+    let agent = echo();
+    let file = temp_path("limit.spoatap");
+    let f = file.to_str().unwrap();
+    let mut tap = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &agent.addr,
+        "--record",
+        f,
+        "--max-bytes",
+        "4096",
+    ]);
+    let out = spoa(&[
+        "client",
+        "--connect",
+        &tap.addr,
+        "--message",
+        "m",
+        "--arg",
+        "s=str:0123456789abcdef",
+        "--repeat",
+        "100",
+        "--json",
+    ]);
+    assert!(out.ok(), "forwarding stopped with the recording: {out:?}");
+    assert_eq!(out.json()["acks"].as_array().unwrap().len(), 100);
+    // an existing file is not overwritten without --force
+    let again = spoa(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &agent.addr,
+        "--record",
+        f,
+    ]);
+    assert_eq!(again.status.code(), Some(1), "{again:?}");
+    assert!(again.stderr.contains("--force"), "{again:?}");
+    unsafe_kill(tap.pid(), "TERM");
+    assert!(
+        tap.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let size = std::fs::metadata(&file).unwrap().len();
+    assert!(size <= 4096, "{size} bytes");
+    let out = spoa(&["decode", f]);
+    assert!(out.ok(), "{out:?}");
+    assert!(out.stdout.contains("note: recording stopped"), "{out:?}");
+    let _ = std::fs::remove_file(&file);
+}
+
+/// `kill -SIG pid` (the test crate has no libc binding).
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([&format!("-{sig}"), &pid.to_string()])
+        .status();
+}
+
+#[test]
+fn tap_records_agent_side_garbage() {
+    // an "agent" that answers the HELLO with text
+    let (addr, _peer) = broken_agent(b"HTTP/1.1 400 Bad Request\r\n\r\n".to_vec());
+    let file = temp_path("garbage.spoatap");
+    let f = file.to_str().unwrap();
+    let mut tap = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &addr,
+        "--record",
+        f,
+    ]);
+    let out = spoa(&["check", "--connect", &tap.addr]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.contains("the peer speaks HTTP"), "{out:?}");
+    unsafe_kill(tap.pid(), "TERM");
+    assert!(
+        tap.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let out = spoa(&["decode", "--json", f]);
+    assert!(out.ok(), "{out:?}");
+    let doc = out.json();
+    let kinds: Vec<&str> = doc["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["kind"].as_str().unwrap())
+        .collect();
+    assert!(kinds.contains(&"agent->haproxy garbage"), "{doc}");
+    assert!(kinds.contains(&"haproxy->agent"), "{doc}");
+    let _ = std::fs::remove_file(&file);
+}
+
+// ---------------------------------------------------------------------------------------------
+// health, readiness, Unix-socket permissions
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `GET path` on 127.0.0.1:port: (status, body), or None when nothing listens.
+fn http(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nhost: x\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let status = out.get(9..12)?.parse().ok()?;
+    let body = out.split_once("\r\n\r\n")?.1.to_string();
+    Some((status, body))
+}
+
+#[test]
+fn healthz_across_a_graceful_shutdown() {
+    let port = free_port();
+    let admin = format!("127.0.0.1:{port}");
+    let mut agent = Agent::start(&["echo", "--listen", "127.0.0.1:0", "--admin", &admin]);
+    assert_eq!(http(port, "/healthz"), Some((200, "ok\n".into())));
+    let (code, metrics) = http(port, "/metrics").unwrap();
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("spoa_connections_accepted_total"),
+        "{metrics}"
+    );
+    assert_eq!(http(port, "/other").map(|r| r.0), Some(404));
+
+    // a connection that keeps the agent draining: NOTIFYs with big ACKs, never read
+    let mut s = std::net::TcpStream::connect(&agent.addr).unwrap();
+    let mut buf = BytesMut::new();
+    spop_proto::frame::HaproxyHello::new(16380, "pipelining").encode(&mut buf);
+    s.write_all(&buf).unwrap();
+    let mut hello = [0u8; 4];
+    s.read_exact(&mut hello).unwrap();
+    let len = u32::from_be_bytes(hello) as usize;
+    let mut rest = vec![0u8; len];
+    s.read_exact(&mut rest).unwrap();
+    let big = vec![b'x'; 8000];
+    s.set_write_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let started = Instant::now();
+    let mut sid = 1u64;
+    // until the agent stops reading (its ACKs fill the socket buffers), at most 20 s
+    loop {
+        buf.clear();
+        let mut b = spop_proto::Notify::builder(spop_proto::NotifyId::new(sid, 1));
+        b.message("m").arg("s", spop_proto::TypedData::String(&big));
+        b.build().encode(&mut buf);
+        sid += 2;
+        if s.write_all(&buf).is_err() {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the agent kept reading"
+        );
+    }
+    unsafe_kill(agent.pid(), "TERM");
+    let draining = (0..100).find_map(|_| {
+        thread::sleep(Duration::from_millis(20));
+        http(port, "/healthz").filter(|r| r.0 == 503)
+    });
+    assert_eq!(draining, Some((503, "draining\n".into())));
+    assert!(
+        agent.child.try_wait().unwrap().is_none(),
+        "exited while draining"
+    );
+    // the last connection goes: the agent stops, and so does its admin endpoint
+    drop(s);
+    let st = agent.wait_exit(Duration::from_secs(20));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    assert_eq!(http(port, "/healthz"), None);
+}
+
+#[test]
+fn systemd_notifications_ready_watchdog_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    for abstract_ns in [false, true] {
+        let path = temp_path("notify.sock");
+        let (sock, env) = if abstract_ns {
+            use std::os::linux::net::SocketAddrExt;
+            let name = path.file_name().unwrap().to_str().unwrap().to_string();
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
+            (UnixDatagram::bind_addr(&addr).unwrap(), format!("@{name}"))
+        } else {
+            (
+                UnixDatagram::bind(&path).unwrap(),
+                path.display().to_string(),
+            )
+        };
+        sock.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut child = Command::new(BIN)
+            .args(["echo", "--listen", "127.0.0.1:0"])
+            .env("NOTIFY_SOCKET", &env)
+            .env("WATCHDOG_USEC", "200000")
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let recv = || {
+            let mut b = [0u8; 256];
+            let n = sock.recv(&mut b).expect("a notification within 10 s");
+            String::from_utf8_lossy(&b[..n]).into_owned()
+        };
+        assert_eq!(recv(), "READY=1");
+        assert_eq!(recv(), "WATCHDOG=1");
+        unsafe_kill(child.id(), "TERM");
+        let mut last = recv();
+        while last == "WATCHDOG=1" {
+            last = recv();
+        }
+        assert_eq!(last, "STOPPING=1");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        let st = child.try_wait().unwrap();
+        let _ = child.kill();
+        assert!(st.is_some_and(|s| s.success()), "{st:?}");
+        let _ = std::fs::remove_file(&path);
+    }
+}
+
+#[test]
+fn unix_socket_mode_owner_group() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let path = temp_path("perm.sock");
+    let p = path.to_str().unwrap();
+    let agent = Agent::start(&[
+        "echo",
+        "--listen",
+        p,
+        "--unix-mode",
+        "660",
+        "--unix-owner",
+        "nobody",
+        "--unix-group",
+        "65534",
+    ]);
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o660);
+    assert_eq!((meta.uid(), meta.gid()), (65534, 65534));
+    assert!(spoa(&["check", "--connect", p]).ok());
+    drop(agent);
+    let _ = std::fs::remove_file(&path);
+
+    let out = spoa(&["echo", "--listen", p, "--unix-group", "no-such-group-spoa"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        out.stderr
+            .contains("cannot find group no-such-group-spoa on the socket"),
+        "{out:?}"
+    );
+    assert!(!path.exists(), "the socket file was left behind");
+    let out = spoa(&["echo", "--listen", "127.0.0.1:0", "--unix-mode", "600"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stderr.contains("need a Unix socket"), "{out:?}");
+    let out = spoa(&["echo", "--listen", p, "--unix-mode", "9"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+#[test]
+fn tap_with_the_agent_down_and_connections_open_at_shutdown() {
+    let file = temp_path("down.spoatap");
+    let f = file.to_str().unwrap();
+    let down = format!("127.0.0.1:{}", free_port());
+    let mut tap = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &down,
+        "--record",
+        f,
+    ]);
+    // the agent is down: the client's connection is closed, the tap lives on
+    let out = spoa(&["check", "--connect", &tap.addr]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(tap.child.try_wait().unwrap().is_none(), "the tap exited");
+    // a connection still open when the tap is stopped
+    let agent = echo();
+    let file2 = temp_path("open.spoatap");
+    let f2 = file2.to_str().unwrap();
+    let mut tap2 = Agent::start(&[
+        "tap",
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &agent.addr,
+        "--record",
+        f2,
+    ]);
+    let mut s = std::net::TcpStream::connect(&tap2.addr).unwrap();
+    let mut hello = BytesMut::new();
+    spop_proto::frame::HaproxyHello::new(16380, "pipelining").encode(&mut hello);
+    s.write_all(&hello).unwrap();
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).unwrap();
+    unsafe_kill(tap2.pid(), "TERM");
+    let st = tap2.wait_exit(Duration::from_secs(10));
+    assert!(st.is_some_and(|s| s.success()), "{st:?}");
+    drop(s);
+    let out = spoa(&["decode", f2]);
+    assert!(out.ok(), "{out:?}");
+    assert!(
+        out.stdout.contains("HAPROXY-HELLO") && out.stdout.contains("AGENT-HELLO"),
+        "{out:?}"
+    );
+    unsafe_kill(tap.pid(), "TERM");
+    assert!(
+        tap.wait_exit(Duration::from_secs(10))
+            .is_some_and(|s| s.success())
+    );
+    let out = spoa(&["decode", f]);
+    assert!(
+        out.stdout.contains("close: cannot connect to the agent"),
+        "{out:?}"
+    );
+    let _ = std::fs::remove_file(&file);
+    let _ = std::fs::remove_file(&file2);
 }

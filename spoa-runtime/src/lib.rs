@@ -21,6 +21,11 @@
 //! - `tracing` spans per connection and per NOTIFY, rate-limited failure logs, [`Metrics`]
 //!   (Prometheus text behind the `prometheus` feature).
 //!
+//! - for operators, all opt-in: an admin endpoint with `/healthz` and `/metrics` (the
+//!   `admin` module, behind the `admin` feature), systemd readiness notifications
+//!   ([`sd_notify`]), socket activation ([`inherited_listeners`]), Unix-socket permissions
+//!   ([`unix_socket`]).
+//!
 //! For the handler: typed arguments ([`Message::get`], [`ArgError`]; whole messages with
 //! serde behind the `serde` feature), header blocks ([`HeaderBlock`]), a [`Router`] for agents
 //! serving several messages, declared variables ([`vars`]), a `tower::Service` adapter
@@ -54,6 +59,8 @@
 //! The execution model, every default and its reason, and what to do on a bad day:
 //! `docs/bad-days.md` in the repository.
 
+#[cfg(feature = "admin")]
+pub mod admin;
 mod background;
 mod config;
 mod connection;
@@ -62,10 +69,13 @@ mod handler;
 mod listen;
 mod metrics;
 pub mod router;
+pub mod sd_notify;
 mod server;
 pub mod testing;
 #[cfg(feature = "tower")]
 mod tower;
+#[cfg(unix)]
+pub mod unix_socket;
 mod unwind;
 pub mod vars;
 
