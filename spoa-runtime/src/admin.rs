@@ -9,9 +9,9 @@
 //! use spoa_runtime::{handler_fn, Request, Server};
 //! use spop_proto::Actions;
 //!
-//! # async fn run() -> std::io::Result<()> {
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let health = Health::new(); // /healthz: 503 "starting"
-//! let server = Server::builder().build();
+//! let server = Server::builder().build()?;
 //! let admin = tokio::net::TcpListener::bind("127.0.0.1:9100").await?;
 //! let stop_admin = spoa_runtime::CancellationToken::new();
 //! tokio::spawn(serve_admin(admin, health.clone(), server.metrics().clone(), stop_admin.clone().cancelled_owned()));

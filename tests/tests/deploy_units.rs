@@ -61,7 +61,11 @@ fn exec_start_args(unit: &str) -> Vec<String> {
 fn units_pass_systemd_analyze_verify_and_security() {
     let tool = systemd_analyze();
     let dir = TempDir::new("units");
-    for unit in ["spoa-echo.service", "spoa-echo-unix.service"] {
+    for unit in [
+        "spoa-echo.service",
+        "spoa-echo-unix.service",
+        "spoa-echo-activated.service",
+    ] {
         let p = render(unit, &dir);
         let out = Command::new(&tool).arg("verify").arg(&p).output().unwrap();
         let text = format!(

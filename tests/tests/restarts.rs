@@ -5,13 +5,16 @@
 //!   and started again on its port; the lame duck must get it marked DOWN (health checks
 //!   refused) while it still answers, before it closes;
 //! - hot upgrade: one server; a second `spoa echo --reuse-port` starts on the same port, then
-//!   the first one gets SIGTERM (and releases the port at once);
+//!   the first one gets SIGTERM (and releases the port at once). On 3.x the agents run without
+//!   pipelining here: with pipelining, HAProxy 3.x may have a second NOTIFY on the wire on a
+//!   connection at the moment the old agent closes it after its last ACK, and that request
+//!   fails (measured: 1 in about 24,000; see docs/scale-out.md);
 //! - socket activation: `spoa echo --listen systemd` serves a socket passed as fd 3.
 //!
 //! Every request must be answered by an agent (`path=<its path>`, no SPOE error). Agents run
 //! with their defaults (lame duck 7 s). `SPOA_RESTART_AGENT_ARGS` adds `spoa echo` options,
-//! e.g. `--lame-duck 0s` to see what a stop without lame duck loses (the test then fails and
-//! prints the figures).
+//! e.g. `--lame-duck 0s` to see what a stop without lame duck loses (the lame-duck checks are
+//! then skipped; the test fails on the lost requests and prints the figures).
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -186,13 +189,15 @@ fn rolling_restart(series: &str) {
     let mut logs = String::new();
     for i in 0..2 {
         sigterm(&agents[i]);
-        // lame duck: refused health checks take it out of rotation while it still answers
-        wait_state(&hap, names[i], false);
-        assert!(
-            agents[i].exit_status().is_none(),
-            "{} exited before HAProxy marked it DOWN",
-            names[i]
-        );
+        if extra_args().is_empty() {
+            // lame duck: refused health checks take it out of rotation while it still answers
+            wait_state(&hap, names[i], false);
+            assert!(
+                agents[i].exit_status().is_none(),
+                "{} exited before HAProxy marked it DOWN",
+                names[i]
+            );
+        }
         let took = wait_exit(&mut agents[i], names[i]);
         logs.push_str(&format!(
             "--- {} (stopped in {took:?}) ---\n{}\n",
@@ -207,16 +212,16 @@ fn rolling_restart(series: &str) {
     check_tally("rolling restart of 2 agents", series, &tally, &hap, &logs);
 }
 
-fn hot_upgrade(series: &str) {
+fn hot_upgrade(series: &str, agent_args: &[&str]) {
     let _serial = SERIAL.lock().unwrap_or_else(PoisonError::into_inner);
     haproxy(series);
     let port = free_port();
-    let mut old = echo(port, &["--reuse-port"]);
+    let mut old = echo(port, agent_args);
     let hap = HaproxyInstance::start(series, &HaproxyConfig::restart(old.addr(), None));
     wait_state(&hap, "agent", true);
     let load = Load::start(hap.port());
     thread::sleep(Duration::from_secs(1));
-    let new = echo(port, &["--reuse-port"]);
+    let new = echo(port, agent_args);
     thread::sleep(Duration::from_millis(300));
     sigterm(&old);
     let took = wait_exit(&mut old, "the old instance");
@@ -228,7 +233,8 @@ fn hot_upgrade(series: &str) {
         old.log(),
         new.log()
     );
-    check_tally("hot upgrade on one port", series, &tally, &hap, &logs);
+    let what = format!("hot upgrade on one port ({})", agent_args.join(" "));
+    check_tally(&what, series, &tally, &hap, &logs);
 }
 
 #[test]
@@ -248,17 +254,17 @@ fn rolling_restart_haproxy_3_4() {
 
 #[test]
 fn hot_upgrade_haproxy_2_6() {
-    hot_upgrade("2.6");
+    hot_upgrade("2.6", &["--reuse-port"]);
 }
 
 #[test]
 fn hot_upgrade_haproxy_3_2() {
-    hot_upgrade("3.2");
+    hot_upgrade("3.2", &["--reuse-port", "--no-pipelining"]);
 }
 
 #[test]
 fn hot_upgrade_haproxy_3_4() {
-    hot_upgrade("3.4");
+    hot_upgrade("3.4", &["--reuse-port", "--no-pipelining"]);
 }
 
 /// `spoa echo --listen systemd` serves a listening socket passed as fd 3 with `LISTEN_FDS=1`
