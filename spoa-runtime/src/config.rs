@@ -68,10 +68,11 @@ pub struct Config {
     pub max_late: usize,
     /// Poll each handler once on the connection's task before spawning it (default true):
     /// handlers that complete without waiting are answered with no task spawn at all. Turn it
-    /// off when handlers do synchronous work before their first `.await` (regex, rule
-    /// evaluation): each then runs on a worker thread of a multi-threaded runtime and cannot
-    /// delay the other NOTIFYs of its connection. For CPU-heavy or blocking work prefer
-    /// [`blocking_fn`](crate::blocking_fn).
+    /// off when handlers do moderate synchronous work before their first `.await` (regex,
+    /// rule evaluation): each then starts on a worker thread of a multi-threaded runtime, not on
+    /// the connection's task, so the other NOTIFYs of its connection wait only for a free
+    /// worker. For CPU-heavy or blocking work use [`blocking_fn`](crate::blocking_fn), which
+    /// guarantees it.
     pub inline_first_poll: bool,
     /// Most connections served at once; further ones wait in the kernel's accept queue.
     /// Default 10,000.
