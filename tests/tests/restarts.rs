@@ -11,8 +11,9 @@
 //!   fails (measured: 1 in about 24,000; see docs/scale-out.md);
 //! - socket activation: `spoa echo --listen systemd` serves a socket passed as fd 3.
 //!
-//! Every request must be answered by an agent (`path=<its path>`, no SPOE error). Agents run
-//! with their defaults (lame duck 7 s). `SPOA_RESTART_AGENT_ARGS` adds `spoa echo` options,
+//! Every request must be answered by an agent (`path=<its path>`, no SPOE error), but for the
+//! residual closing race ([`residual_race_allowed`]). Agents run with their defaults (lame
+//! duck 7 s). `SPOA_RESTART_AGENT_ARGS` adds `spoa echo` options,
 //! e.g. `--lame-duck 0s` to see what a stop without lame duck loses (the lame-duck checks are
 //! then skipped; the test fails on the lost requests and prints the figures).
 
@@ -157,11 +158,23 @@ fn report(what: &str, series: &str, tally: &Tally) -> String {
     )
 }
 
+/// The closing race (docs/scale-out.md): HAProxy may have a NOTIFY on the wire on a
+/// connection at the moment the stopping agent closes it after its last ACK (2.6 keeps using
+/// its applets to a DOWN server; 3.x multiplexes with pipelining). SPOP cannot tell HAProxy to
+/// stop using a connection first, so a request can fail with SPOE error 256 or 257. Measured:
+/// 0 to 1 per scenario in about 25,000 to 46,000 requests. Allowed here: that failure only,
+/// at most once per 10,000 requests (2 at least); anything else is a failure.
+fn residual_race_allowed(tally: &Tally) -> bool {
+    let race =
+        |l: &String| l.ends_with("spoe_error=256\\n\"") || l.ends_with("spoe_error=257\\n\"");
+    tally.lost.iter().all(race) && tally.lost.len() <= (tally.ok / 10_000).max(2)
+}
+
 fn check_tally(what: &str, series: &str, tally: &Tally, hap: &HaproxyInstance, logs: &str) {
     let line = report(what, series, tally);
     eprintln!("{line}");
     assert!(tally.ok > 100, "{line}: too little load to tell");
-    if !tally.lost.is_empty() {
+    if !tally.lost.is_empty() && !(extra_args().is_empty() && residual_race_allowed(tally)) {
         panic!(
             "{line}\nfirst lost: {:?}\n{}\n{logs}",
             &tally.lost[..tally.lost.len().min(5)],
