@@ -174,7 +174,8 @@ fn check_tally(what: &str, series: &str, tally: &Tally, hap: &HaproxyInstance, l
     let line = report(what, series, tally);
     eprintln!("{line}");
     assert!(tally.ok > 100, "{line}: too little load to tell");
-    if !tally.lost.is_empty() && !(extra_args().is_empty() && residual_race_allowed(tally)) {
+    let tolerated = extra_args().is_empty() && residual_race_allowed(tally);
+    if !tally.lost.is_empty() && !tolerated {
         panic!(
             "{line}\nfirst lost: {:?}\n{}\n{logs}",
             &tally.lost[..tally.lost.len().min(5)],
