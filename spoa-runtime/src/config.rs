@@ -5,7 +5,7 @@ use std::fmt;
 use std::time::Duration;
 
 use spop_proto::frame::MIN_MAX_FRAME_SIZE;
-use spop_proto::{AgentConfig, Scope};
+use spop_proto::{AgentConfig, Scope, VarName};
 
 /// The default of [`Config::processing_timeout`]: the `timeout processing` of every HAProxy
 /// configuration this project ships and generates.
@@ -240,28 +240,15 @@ impl Config {
             );
         }
         if let Some((_, name)) = &self.error_var {
-            if let Some(why) = var_name_problem(name) {
-                return err("error_var", format!("{name:?}: {why}"));
+            if let Err(e) = VarName::try_new(name) {
+                return err(
+                    "error_var",
+                    format!("{name:?}: HAProxy would ignore it: {e}"),
+                );
             }
         }
         Ok(())
     }
-}
-
-/// Why HAProxy would not set a variable of this name, if it would not.
-pub(crate) fn var_name_problem(name: &str) -> Option<String> {
-    if name.is_empty() {
-        return Some("a variable name cannot be empty".into());
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || *c == '.' || *c == '_'))
-    {
-        return Some(format!(
-            "HAProxy accepts only [A-Za-z0-9._] in variable names and ignores the rest ({c:?})"
-        ));
-    }
-    None
 }
 
 /// How a server in its lame-duck phase ([`Config::lame_duck`]) gets HAProxy to stop sending it

@@ -205,6 +205,7 @@ impl<H: Handler> Driver<H> {
         let mut last_frame = start;
         // when the peer last accepted bytes, or when output started waiting
         let mut write_progress = start;
+        let mut wrote = false;
         loop {
             let now = Instant::now();
             if !self.established && self.shared.lame_duck.load(Ordering::Relaxed) {
@@ -214,11 +215,11 @@ impl<H: Handler> Driver<H> {
                 self.finish(&mut wr, &mut wbuf, &why).await;
                 return why;
             }
-            if wbuf.is_empty() {
+            if std::mem::take(&mut wrote) || wbuf.is_empty() {
                 write_progress = now;
-                if wbuf.capacity() > KEEP_CAPACITY {
-                    wbuf = BytesMut::new();
-                }
+            }
+            if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
+                wbuf = BytesMut::new();
             }
             let below_high_water = wbuf.len() < high_water;
             let can_read = conn.wants_read() && below_high_water;
@@ -234,29 +235,25 @@ impl<H: Handler> Driver<H> {
             // or once nothing arrived for `quiet`; at the grace, stop reading and answer what is
             // in flight within one budget
             let mut drain_wake = None;
-            if let Some(since) = draining {
-                if !conn.is_draining() && !conn.is_closed() {
-                    let hard = since + grace.saturating_sub(self.shared.budget);
-                    let t = now.into_std();
-                    let emptied = std::mem::take(&mut self.acked);
-                    if conn.in_flight() == 0 && (emptied || now >= last_frame + quiet) {
-                        debug!(after_ack = emptied, "drained: closing");
-                        conn.begin_drain(t, t + self.shared.budget + DRAIN_MARGIN);
-                        continue;
-                    } else if now >= hard {
-                        debug!(
-                            in_flight = conn.in_flight(),
-                            "drain grace over: answering what is in flight, then closing"
-                        );
-                        conn.begin_drain(t, t + self.shared.budget + DRAIN_MARGIN);
-                        continue;
-                    }
-                    drain_wake = Some(
-                        (last_frame + quiet)
-                            .max(now + Duration::from_millis(1))
-                            .min(hard),
+            if let Some(since) = draining.filter(|_| !conn.is_draining() && !conn.is_closed()) {
+                let hard = since + grace.saturating_sub(self.shared.budget);
+                let emptied = std::mem::take(&mut self.acked);
+                if (conn.in_flight() == 0 && (emptied || now >= last_frame + quiet)) || now >= hard
+                {
+                    debug!(
+                        in_flight = conn.in_flight(),
+                        after_ack = emptied,
+                        "drain: closing"
                     );
+                    let t = now.into_std();
+                    conn.begin_drain(t, t + self.shared.budget + DRAIN_MARGIN);
+                    continue;
                 }
+                drain_wake = Some(
+                    (last_frame + quiet)
+                        .max(now + Duration::from_millis(1))
+                        .min(hard),
+                );
             }
             let deadline = conn.poll_timeout().map(Instant::from_std);
             tokio::select! {
@@ -274,7 +271,7 @@ impl<H: Handler> Driver<H> {
                 res = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match res {
                     Ok(n) if n > 0 => {
                         self.shared.metrics.bytes_out(n);
-                        write_progress = Instant::now();
+                        wrote = true;
                     }
                     Ok(_) => conn.handle_eof(Instant::now().into_std()),
                     Err(e) => {
@@ -325,14 +322,13 @@ impl<H: Handler> Driver<H> {
         let high_water = self.shared.config.write_high_water;
         let std_now = now.into_std();
         loop {
-            conn.poll_transmit(wbuf);
             while let Some(event) = conn.poll_event() {
                 if let Some(why) = self.on_event(conn, event, now) {
                     conn.poll_transmit(wbuf);
                     return Some(why);
                 }
-                conn.poll_transmit(wbuf);
             }
+            conn.poll_transmit(wbuf);
             if wbuf.len() >= high_water || conn.handle_read_frames(std_now, rbuf, 1) == 0 {
                 return None;
             }

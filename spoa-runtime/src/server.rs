@@ -203,7 +203,13 @@ impl Server {
         let mut lame_until: Option<tokio::time::Instant> = None;
         let release_port = self.shared.config.lame_duck_mode == LameDuck::ReleasePort;
         loop {
-            let permit = tokio::select! {
+            // a connection slot first, then a connection: a slot is held before accept(), so
+            // connections beyond the limit wait in the kernel's queue
+            let next = async {
+                let permit = slots.clone().acquire_owned().await;
+                (permit, listener.accept().await)
+            };
+            let (permit, accepted) = tokio::select! {
                 () = &mut shutdown, if lame_until.is_none() => match self.begin_lame_duck() {
                     Some(until) if !release_port => {
                         lame_until = Some(until);
@@ -219,33 +225,17 @@ impl Server {
                     reaped(res);
                     continue;
                 }
-                permit = slots.clone().acquire_owned() => match permit {
-                    Ok(p) => p,
-                    Err(_) => break,
-                },
+                next = next => next,
             };
-            let (io, peer) = tokio::select! {
-                () = &mut shutdown, if lame_until.is_none() => match self.begin_lame_duck() {
-                    Some(until) if !release_port => {
-                        lame_until = Some(until);
-                        drop(permit);
-                        continue;
-                    }
-                    until => {
-                        lame_until = until;
-                        break;
-                    }
-                },
-                () = sleep_until_opt(lame_until), if lame_until.is_some() => break,
-                res = listener.accept() => match res {
-                    Ok(v) => v,
-                    Err(e) => {
-                        // EMFILE and friends: back off instead of spinning
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                },
+            let Ok(permit) = permit else { break };
+            let (io, peer) = match accepted {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
             };
             let handler = handler.clone();
             let shared = self.shared.clone();

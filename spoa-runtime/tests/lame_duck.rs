@@ -11,10 +11,28 @@ use spoa_runtime::{LameDuck, Server, bind_tcp};
 use spop_proto::frame::HaproxyHello;
 use spop_proto::{FrameType, NotifyId};
 use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 const LAME: Duration = Duration::from_millis(600);
 const QUIET: Duration = Duration::from_millis(200);
+
+/// Serves `listener` with `server` on a task until the returned sender fires (or is dropped).
+fn spawn_serve(
+    server: &Server,
+    listener: tokio::net::TcpListener,
+) -> (oneshot::Sender<()>, JoinHandle<()>) {
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = server.clone();
+    let task = tokio::spawn(async move {
+        server
+            .serve(listener, scripted(), async {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    (stop, task)
+}
 
 fn server(mode: LameDuck) -> Server {
     Server::builder()
@@ -32,17 +50,7 @@ async fn lame_duck_fails_health_checks_and_keeps_serving() {
         let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let addr = listener.local_addr().unwrap();
         let server = server(LameDuck::FailHealthChecks);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn({
-            let server = server.clone();
-            async move {
-                server
-                    .serve(listener, scripted(), async {
-                        let _ = stopped.await;
-                    })
-                    .await;
-            }
-        });
+        let (stop, task) = spawn_serve(&server, listener);
         let mut data = Stub::connect(addr).await;
         data.handshake().await;
         data.roundtrip(1, 1, 1).await;
@@ -106,16 +114,7 @@ async fn release_port_hands_new_connections_to_the_next_instance() {
         let old_listener = bind_tcp("127.0.0.1:0".parse().unwrap(), true).unwrap();
         let addr = old_listener.local_addr().unwrap();
         let old = server(LameDuck::ReleasePort);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let old_task = tokio::spawn({
-            let old = old.clone();
-            async move {
-                old.serve(old_listener, scripted(), async {
-                    let _ = stopped.await;
-                })
-                .await;
-            }
-        });
+        let (stop, old_task) = spawn_serve(&old, old_listener);
         let mut data = Stub::connect(addr).await;
         data.handshake().await;
         data.roundtrip(1, 1, 1).await;
@@ -123,16 +122,7 @@ async fn release_port_hands_new_connections_to_the_next_instance() {
         // the new instance binds the same port
         let new_listener = bind_tcp(addr, true).unwrap();
         let new = server(LameDuck::ReleasePort);
-        let (_stop_new, stopped_new) = oneshot::channel::<()>();
-        let _new_task = tokio::spawn({
-            let new = new.clone();
-            async move {
-                new.serve(new_listener, scripted(), async {
-                    let _ = stopped_new.await;
-                })
-                .await;
-            }
-        });
+        let (_stop_new, _new_task) = spawn_serve(&new, new_listener);
         stop.send(()).unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         // every new connection and check now reaches the new instance
@@ -166,14 +156,7 @@ async fn no_lame_duck_without_data_connections() {
     bounded(async {
         let listener = bind_tcp("127.0.0.1:0".parse().unwrap(), false).unwrap();
         let server = Server::builder().build().unwrap(); // default lame duck: 7 s
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(async move {
-            server
-                .serve(listener, scripted(), async {
-                    let _ = stopped.await;
-                })
-                .await;
-        });
+        let (stop, task) = spawn_serve(&server, listener);
         stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(1), task)
             .await

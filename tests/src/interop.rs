@@ -73,6 +73,25 @@ pub fn config_warnings(output: &str) -> Vec<&str> {
         .collect()
 }
 
+/// `haproxy -c -f <cfg>` of HAProxy `series`, run in `dir` (relative paths in the config resolve
+/// from there): whether HAProxy accepts the config, and everything it printed (stdout then
+/// stderr), for [`config_warnings`] and failure messages.
+pub fn haproxy_check(series: &str, cfg: &Path, dir: &Path) -> (bool, String) {
+    let bin = haproxy(series);
+    let out = Command::new(&bin)
+        .args(["-c", "-f"])
+        .arg(cfg)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 /// The workspace root (the parent of this package).
 pub fn workspace_root() -> PathBuf {
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));

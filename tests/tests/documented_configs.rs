@@ -1,9 +1,9 @@
 //! The HAProxy configurations the README tells users to run must be valid, warning-free, on
 //! every supported version (`haproxy -c`, from the repository root, as the README does).
 
-use std::process::Command;
+use std::path::Path;
 
-use spop_tests::interop::{config_warnings, haproxy, workspace_root};
+use spop_tests::interop::{config_warnings, haproxy_check, workspace_root};
 
 const CONFIGS: &[&str] = &[
     "docs/haproxy/echo/haproxy.cfg",
@@ -12,22 +12,9 @@ const CONFIGS: &[&str] = &[
 ];
 
 fn check_all(series: &str) {
-    let bin = haproxy(series);
     for cfg in CONFIGS {
-        let out = Command::new(&bin)
-            .args(["-c", "-f", cfg])
-            .current_dir(workspace_root())
-            .output()
-            .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            out.status.success(),
-            "HAProxy {series} rejects {cfg}:\n{text}"
-        );
+        let (ok, text) = haproxy_check(series, Path::new(cfg), &workspace_root());
+        assert!(ok, "HAProxy {series} rejects {cfg}:\n{text}");
         assert!(
             config_warnings(&text).is_empty(),
             "HAProxy {series} warns about {cfg}:\n{text}"

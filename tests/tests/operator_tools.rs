@@ -11,7 +11,8 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use spop_tests::interop::{
-    AgentProcess, TempDir, config_warnings, free_port, haproxy, http_get, spoa_binary, wait_until,
+    AgentProcess, TempDir, config_warnings, free_port, haproxy, haproxy_check, http_get,
+    spoa_binary, wait_until,
 };
 
 /// Runs `spoa config --out <dir> --force <args>` and panics with its output on failure.
@@ -34,18 +35,8 @@ fn spoa_config(dir: &Path, args: &[&str]) {
 
 /// `haproxy -c` of the generated config: valid, no warnings.
 fn check_valid(series: &str, dir: &Path, what: &str) {
-    let bin = haproxy(series);
     let cfg = dir.join("haproxy.cfg");
-    let out = Command::new(&bin)
-        .args(["-c", "-f"])
-        .arg(&cfg)
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", bin.display()));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let (ok, text) = haproxy_check(series, &cfg, dir);
     let shown = || {
         format!(
             "{text}\n--- haproxy.cfg\n{}\n--- spoe.conf\n{}",
@@ -54,7 +45,7 @@ fn check_valid(series: &str, dir: &Path, what: &str) {
         )
     };
     assert!(
-        out.status.success(),
+        ok,
         "HAProxy {series} rejects the {what} config:\n{}",
         shown()
     );
@@ -264,17 +255,8 @@ fn shipped_configs_lint_clean() {
 fn good_lint_fixture_is_valid_everywhere() {
     let fixtures = spop_tests::interop::workspace_root().join("spoa-cli/tests/fixtures/lint");
     for series in spop_tests::interop::SERIES {
-        let out = Command::new(haproxy(series))
-            .args(["-c", "-f", "good-haproxy.cfg"])
-            .current_dir(&fixtures)
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(out.status.success(), "HAProxy {series}: {text}");
+        let (ok, text) = haproxy_check(series, Path::new("good-haproxy.cfg"), &fixtures);
+        assert!(ok, "HAProxy {series}: {text}");
         assert!(
             config_warnings(&text).is_empty(),
             "HAProxy {series}: {text}"
