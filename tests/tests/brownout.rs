@@ -1,4 +1,4 @@
-//! Brownout behind real HAProxy (2.6, 3.2, 3.4): a dependency of the agent hangs for some
+//! Brownout behind real HAProxy (2.6, 3.0, 3.2, 3.4: every series tools/haproxy-install gives): a dependency of the agent hangs for some
 //! requests while healthy traffic runs. HAProxy has `timeout processing 500ms`; the agent is
 //! `spoa echo` with the runtime's defaults, plus `--delay 3s --delay-which match:/hang` to play
 //! the hung dependency.
@@ -265,4 +265,9 @@ fn brownout_haproxy_3_2() {
 #[test]
 fn brownout_haproxy_3_4() {
     brownout("3.4");
+}
+
+#[test]
+fn brownout_haproxy_3_0() {
+    brownout("3.0");
 }

@@ -1,4 +1,5 @@
-//! Zero-loss restarts behind real HAProxy (2.6, 3.2, 3.4), under a steady HTTP load:
+//! Zero-loss restarts behind real HAProxy (2.6, 3.0, 3.2, 3.4: every series tools/haproxy-install
+//! gives), under a steady HTTP load:
 //!
 //! - rolling restart: two `spoa echo` servers in one backend (`balance roundrobin`,
 //!   `option spop-check`, `check inter 1s fall 2 rise 2`), each in turn stopped with SIGTERM
@@ -315,4 +316,14 @@ os.execv(sys.argv[1], [sys.argv[1], "echo", "--listen", "systemd"])
             hap.diagnostics()
         );
     }
+}
+
+#[test]
+fn rolling_restart_haproxy_3_0() {
+    rolling_restart("3.0");
+}
+
+#[test]
+fn hot_upgrade_haproxy_3_0() {
+    hot_upgrade("3.0", &["--reuse-port"]);
 }
