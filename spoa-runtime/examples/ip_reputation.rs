@@ -2,12 +2,13 @@
 //! agent answers by setting the session variable `ip_score` (an integer 0..=100, higher is
 //! worse). HAProxy config: `examples/ip_reputation/` beside this file.
 //!
-//! Run: `cargo run -p spoa-runtime --example ip_reputation -- 127.0.0.1:12345`
+//! Run: `cargo run -p spoa-runtime --example ip_reputation -- 127.0.0.1:12345 [THREADS]`
+//! (THREADS: tokio worker threads, default one per core; 1 runs a single-threaded runtime).
 
 use std::convert::Infallible;
 use std::net::IpAddr;
 
-use spoa_runtime::{Actions, Request, Scope, Server, handler_fn};
+use spoa_runtime::{Request, Scope, Server, handler_fn};
 
 /// A stand-in for a real reputation source: fixed ranges plus a stable hash.
 fn score(ip: IpAddr) -> i64 {
@@ -26,17 +27,33 @@ fn score(ip: IpAddr) -> i64 {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:12345".into());
+    let mut args = std::env::args().skip(1);
+    let addr = args.next().unwrap_or_else(|| "127.0.0.1:12345".into());
+    let threads: usize = match args.next() {
+        Some(n) => n.parse()?,
+        None => std::thread::available_parallelism()?.get(),
+    };
+    let runtime = if threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()?
+    };
+    runtime.block_on(serve(addr))
+}
 
-    let handler = handler_fn(|req: Request| async move {
-        let mut actions = Actions::new();
+async fn serve(addr: String) -> Result<(), Box<dyn std::error::Error>> {
+    // `req.actions()`: an empty `Actions` that reuses the connection's buffer (no allocation)
+    let handler = handler_fn(|mut req: Request| async move {
+        let mut actions = req.actions();
         let ip = req
             .message("get-ip-reputation")
             .and_then(|m| m.arg("ip"))

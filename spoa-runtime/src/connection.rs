@@ -6,28 +6,41 @@
 //! `late_limit` with its result dropped. Outcomes come back over one channel; the driver ACKs
 //! them, so an abandoned NOTIFY frees its in-flight slot at its deadline, not when its handler
 //! ends.
+//!
+//! The inline path allocates nothing in the steady state: the handler's future is written
+//! into the connection's reused box, the request carries the buffer of an earlier ACK
+//! ([`Request::actions`]), ACKs are encoded straight into the buffer written to the socket,
+//! counters are the connection's own, and the clock is read once per wakeup (plus once per
+//! batch in which handlers completed inline, to time them together). A connection holds a
+//! read or write buffer only while bytes wait in it: idle, it lends them to its worker
+//! thread's spare slot.
 
-use std::future::Future;
+use std::cell::Cell;
+use std::future::{Future, poll_fn};
+use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
+use std::thread::LocalKey;
 use std::time::Duration;
 
 use bytes::BytesMut;
 use spop_proto::{
     AckError, Actions, AgentConnection, ConnectionError, Event, Notify, NotifyId, StatusCode,
 };
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
+use tokio_util::io::{poll_read_buf, poll_write_buf};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::config::FallbackReason;
 use crate::handler::{BoxError, ConnInfo, Handler, Request};
+use crate::metrics::ConnCounters;
 use crate::server::{Server, Shared};
 use crate::unwind::{CatchUnwind, Panicked};
 
@@ -35,12 +48,44 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long the final frames (AGENT-DISCONNECT) may take to write after a close.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
-/// Read buffer: a new connection starts with a small one (HAProxy's HELLO is about 150 bytes,
-/// 3.x NOTIFYs arrive one per read), which grows to the usual reservation once a read fills
-/// it; a buffer that grew above `KEEP_CAPACITY` is released once empty.
-const SMALL_READ: usize = 512;
+/// Room made before a read (HAProxy 2.6 batches up to 20 NOTIFYs per write, 3.x sends one
+/// per read). Buffers are lent by the worker thread's spare slot while a read waits, so an
+/// idle connection holds none; one that grew above `KEEP_CAPACITY` is not kept.
 const READ_CHUNK: usize = 8 * 1024;
 const KEEP_CAPACITY: usize = 64 * 1024;
+/// An ACK buffer larger than this (a handler that once answered with many variables) is not
+/// recycled into the next request.
+const KEEP_ACTIONS: usize = 1024;
+
+thread_local! {
+    /// Each thread's spare read and write buffers: a connection holds one only while bytes
+    /// wait in it, and hands it back when it empties.
+    static SPARE_READ: Cell<Option<BytesMut>> = const { Cell::new(None) };
+    static SPARE_WRITE: Cell<Option<BytesMut>> = const { Cell::new(None) };
+}
+
+/// An empty buffer with room for `want` bytes: the thread's spare one (reclaiming its memory
+/// when nothing else refers to it), or a new one.
+fn lend(pool: &'static LocalKey<Cell<Option<BytesMut>>>, want: usize) -> BytesMut {
+    let mut b = pool.try_with(Cell::take).ok().flatten().unwrap_or_default();
+    b.reserve(want);
+    b
+}
+
+/// Hands an empty buffer back to the thread's spare slot (keeping the larger of two).
+fn give_back(pool: &'static LocalKey<Cell<Option<BytesMut>>>, b: &mut BytesMut) {
+    let b = std::mem::take(b);
+    if b.capacity() == 0 || b.capacity() > KEEP_CAPACITY || !b.is_empty() {
+        return;
+    }
+    let _ = pool.try_with(|slot| {
+        let keep = match slot.take() {
+            Some(old) if old.capacity() >= b.capacity() => old,
+            _ => b,
+        };
+        slot.set(Some(keep));
+    });
+}
 /// Once a drain stops reading, what is in flight is answered within its budget (its own
 /// fallback); the state machine's drain deadline is a backstop, this much later, so the
 /// fallbacks always win the race.
@@ -108,10 +153,20 @@ where
     let span = info_span!("spop_conn", conn = id, peer = %peer, engine_id = tracing::field::Empty);
     shared.metrics.connection_opened();
     let _gauge = Gauge(shared.clone());
-    Driver::new(id, peer, handler, shared)
+    Driver::new(id, peer, handler, shared, call::<H>)
         .run(io, cancel)
         .instrument(span)
         .await
+}
+
+/// The server's handler behind a connection's own `Arc`: cloning that for a request touches a
+/// reference count no other connection (or worker thread) writes.
+struct ConnHandler<H>(Arc<H>);
+
+/// The handler call as a future of its own: it owns a reference to the handler, so it can
+/// move to a task.
+async fn call<H: Handler>(handler: Arc<ConnHandler<H>>, req: Request) -> Result<Actions, H::Error> {
+    handler.0.handle_notify(req).await
 }
 
 /// How a handler ended, as far as the ACK is concerned.
@@ -122,22 +177,28 @@ pub(crate) enum Outcome {
     Fallback(FallbackReason),
 }
 
-type HandlerFuture = Pin<Box<dyn Future<Output = Result<Actions, BoxError>> + Send>>;
-
-impl From<Result<Result<Actions, BoxError>, Panicked>> for Outcome {
-    fn from(r: Result<Result<Actions, BoxError>, Panicked>) -> Self {
+impl Outcome {
+    fn of<E: Into<BoxError>>(r: Result<Result<Actions, E>, Panicked>) -> Self {
         match r {
             Ok(Ok(a)) => Self::Done(a),
-            Ok(Err(e)) => Self::Failed(e),
+            Ok(Err(e)) => Self::Failed(e.into()),
             Err(Panicked) => Self::Panicked,
         }
     }
 }
 
-struct Driver<H> {
-    handler: Arc<H>,
+struct Driver<H, Mk, F> {
+    handler: Arc<ConnHandler<H>>,
+    call: Mk,
+    /// The box the handler futures are written into, reused while they complete inline.
+    slot: Option<Pin<Box<F>>>,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
+    counters: ConnCounters,
+    /// The last ACK's actions, cleared: the next request's [`Request::actions`].
+    spare_actions: Actions,
+    /// Handlers completed inline since the last timing.
+    inline_done: u64,
     established: bool,
     tasks: JoinSet<()>,
     /// Made at the first handler that has to wait: connections whose handlers all complete
@@ -163,19 +224,67 @@ async fn recv(spawned: &mut Option<Spawned>) -> Option<(NotifyId, Outcome)> {
     }
 }
 
-impl<H: Handler> Driver<H> {
-    fn new(id: u64, peer: String, handler: Arc<H>, shared: Arc<Shared>) -> Self {
+/// What the socket did.
+enum IoEvent {
+    Wrote(io::Result<usize>),
+    Read(io::Result<usize>),
+}
+
+/// Writes what is queued, else reads if allowed, on one stream (no split halves and their
+/// lock). While a read waits, the read buffer goes back to the thread's spare slot.
+fn poll_io<IO: AsyncRead + AsyncWrite>(
+    mut io: Pin<&mut IO>,
+    cx: &mut Context<'_>,
+    out: &mut BytesMut,
+    rbuf: &mut BytesMut,
+    can_read: bool,
+) -> Poll<IoEvent> {
+    if !out.is_empty() {
+        if let Poll::Ready(r) = poll_write_buf(io.as_mut(), cx, out) {
+            return Poll::Ready(IoEvent::Wrote(r));
+        }
+    }
+    if can_read {
+        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
+            if rbuf.is_empty() {
+                *rbuf = lend(&SPARE_READ, READ_CHUNK);
+            } else {
+                rbuf.reserve(READ_CHUNK);
+            }
+        }
+        match poll_read_buf(io.as_mut(), cx, rbuf) {
+            Poll::Ready(r) => return Poll::Ready(IoEvent::Read(r)),
+            Poll::Pending if rbuf.is_empty() => give_back(&SPARE_READ, rbuf),
+            Poll::Pending => {}
+        }
+    }
+    Poll::Pending
+}
+
+impl<H, Mk, F> Driver<H, Mk, F>
+where
+    H: Handler,
+    Mk: Fn(Arc<ConnHandler<H>>, Request) -> F + Send,
+    F: Future<Output = Result<Actions, H::Error>> + Send + 'static,
+{
+    fn new(id: u64, peer: String, handler: Arc<H>, shared: Arc<Shared>, call: Mk) -> Self {
         let info = ConnInfo {
             id,
             peer,
             engine_id: None,
             max_frame_size: 0,
             pipelining: false,
+            background: shared.background.for_connection(),
         };
         Self {
-            handler,
+            handler: Arc::new(ConnHandler(handler)),
+            call,
+            slot: None,
+            counters: shared.metrics.register(),
             shared,
             info: Arc::new(info),
+            spare_actions: Actions::new(),
+            inline_done: 0,
             established: false,
             tasks: JoinSet::new(),
             spawned: None,
@@ -188,17 +297,20 @@ impl<H: Handler> Driver<H> {
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
-        let (mut rd, mut wr) = tokio::io::split(io);
+        let mut io = pin!(io);
         let start = Instant::now();
         let mut conn = AgentConnection::new(self.shared.agent.clone(), start.into_std());
-        let mut rbuf = BytesMut::with_capacity(SMALL_READ);
-        // how much to reserve before a read: grows when a read fills the buffer
-        let mut read_hint = SMALL_READ;
-        let mut wbuf = BytesMut::new();
+        let mut rbuf = BytesMut::new();
         let high_water = self.shared.config.write_high_water;
         let write_timeout = self.shared.config.write_timeout;
         let grace = self.shared.config.shutdown_grace;
         let quiet = self.shared.config.drain_quiet;
+        let mut cancelled = pin!(cancel.cancelled());
+        // One timer for every deadline (the state machine's, the write timeout, the drain's),
+        // armed lazily: reset only to an earlier instant; when it fires early, the conditions
+        // are checked and it is armed again.
+        let mut timer = pin!(tokio::time::sleep_until(start));
+        let mut armed: Option<Instant> = None;
         // Some(when the drain started) once cancelled; then the connection keeps answering
         // what arrives, and closes once quiet (or at the grace)
         let mut draining: Option<Instant> = None;
@@ -206,30 +318,41 @@ impl<H: Handler> Driver<H> {
         // when the peer last accepted bytes, or when output started waiting
         let mut write_progress = start;
         let mut wrote = false;
+        // the clock read after the last batch, reused when the next turn follows a write
+        let mut clock: Option<Instant> = None;
+        let mut turns: u32 = 0;
         loop {
-            let now = Instant::now();
+            let mut now = clock.take().unwrap_or_else(Instant::now);
             if !self.established && self.shared.lame_duck.load(Ordering::Relaxed) {
                 conn.refuse_health_checks();
             }
-            if let Some(why) = self.pump(&mut conn, &mut rbuf, &mut wbuf, now, &mut last_frame) {
-                self.finish(&mut wr, &mut wbuf, &why).await;
+            if conn.outgoing().capacity() == 0 {
+                *conn.outgoing() = lend(&SPARE_WRITE, 0);
+            }
+            let batch = now;
+            let closed = self.pump(&mut conn, &mut rbuf, now, &mut last_frame);
+            if self.inline_done > 0 {
+                // the handlers of this batch, timed together: arrival to ACK queued
+                now = Instant::now();
+                let n = std::mem::take(&mut self.inline_done);
+                self.counters.handler_latency(now - batch, n);
+            }
+            if let Some(why) = closed {
+                self.finish(io.as_mut(), &mut conn, &why).await;
                 return why;
             }
-            if std::mem::take(&mut wrote) || wbuf.is_empty() {
+            if rbuf.is_empty() {
+                give_back(&SPARE_READ, &mut rbuf);
+            }
+            if conn.outgoing().is_empty() {
+                give_back(&SPARE_WRITE, conn.outgoing());
+            }
+            let pending = conn.outgoing().len();
+            if std::mem::take(&mut wrote) || pending == 0 {
                 write_progress = now;
             }
-            if wbuf.is_empty() && wbuf.capacity() > KEEP_CAPACITY {
-                wbuf = BytesMut::new();
-            }
-            let below_high_water = wbuf.len() < high_water;
+            let below_high_water = pending < high_water;
             let can_read = conn.wants_read() && below_high_water;
-            if can_read && rbuf.capacity() - rbuf.len() < read_hint / 2 {
-                if rbuf.is_empty() && rbuf.capacity() > KEEP_CAPACITY {
-                    rbuf = BytesMut::new();
-                }
-                rbuf.reserve(read_hint);
-            }
-            let spare = rbuf.capacity() - rbuf.len();
             // the drain: close once nothing is in flight, right behind the ACK that emptied the
             // connection (one write: HAProxy reads both before it could reuse the connection),
             // or once nothing arrived for `quiet`; at the grace, stop reading and answer what is
@@ -255,57 +378,84 @@ impl<H: Handler> Driver<H> {
                         .min(hard),
                 );
             }
-            let deadline = conn.poll_timeout().map(Instant::from_std);
+            let wake = [
+                conn.poll_timeout().map(Instant::from_std),
+                drain_wake,
+                (pending > 0).then(|| write_progress + write_timeout),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            if let Some(w) = wake.filter(|&w| armed.is_none_or(|a| w < a)) {
+                timer.as_mut().reset(w);
+                armed = Some(w);
+            }
+            // The shutdown signal is polled last (polling it takes the token's lock), so only
+            // when nothing else is ready; every 64 turns it is checked, so a connection that is
+            // always busy still notices it.
+            turns = turns.wrapping_add(1);
+            if draining.is_none() && turns % 64 == 0 && cancel.is_cancelled() {
+                debug!(in_flight = conn.in_flight(), "draining");
+                draining = Some(now);
+                self.acked = false;
+                continue;
+            }
             tokio::select! {
                 biased;
-                () = cancel.cancelled(), if draining.is_none() => {
-                    debug!(in_flight = conn.in_flight(), "draining");
-                    draining = Some(Instant::now());
-                    self.acked = false;
-                }
-                () = sleep_until(drain_wake), if drain_wake.is_some() => {}
                 // outcomes wait while the write buffer is full: their ACKs would pile up past it
                 Some((id, outcome)) = recv(&mut self.spawned), if below_high_water && self.spawned.is_some() => {
                     self.ack(&mut conn, id, outcome, Instant::now());
                 }
-                res = wr.write_buf(&mut wbuf), if !wbuf.is_empty() => match res {
-                    Ok(n) if n > 0 => {
-                        self.shared.metrics.bytes_out(n);
+                ev = poll_fn(|cx| poll_io(io.as_mut(), cx, conn.outgoing(), &mut rbuf, can_read)) => match ev {
+                    IoEvent::Wrote(Ok(n)) if n > 0 => {
+                        self.counters.bytes_out(n);
                         wrote = true;
+                        // nothing waited but the write: the batch's clock is still good
+                        clock = Some(now);
                     }
-                    Ok(_) => conn.handle_eof(Instant::now().into_std()),
-                    Err(e) => {
+                    IoEvent::Wrote(Ok(_)) => conn.handle_eof(Instant::now().into_std()),
+                    IoEvent::Wrote(Err(e)) => {
                         debug!(error = %e, "write failed");
                         conn.handle_eof(Instant::now().into_std());
                     }
-                },
-                res = rd.read_buf(&mut rbuf), if can_read => match res {
-                    Ok(0) => conn.handle_eof(Instant::now().into_std()),
-                    Ok(n) => {
-                        self.shared.metrics.bytes_in(n);
-                        if n == spare {
-                            read_hint = READ_CHUNK;
-                        }
-                    }
-                    Err(e) => {
+                    IoEvent::Read(Ok(0)) => conn.handle_eof(Instant::now().into_std()),
+                    IoEvent::Read(Ok(n)) => self.counters.bytes_in(n),
+                    IoEvent::Read(Err(e)) => {
                         debug!(error = %e, "read failed");
                         conn.handle_eof(Instant::now().into_std());
                     }
                 },
                 // reap finished handler tasks (late ones report nothing)
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    conn.handle_timeout(Instant::now().into_std());
+                () = &mut timer, if armed.is_some() => {
+                    armed = None;
+                    let now = Instant::now();
+                    conn.handle_timeout(now.into_std());
+                    if !conn.outgoing().is_empty() && now >= write_progress + write_timeout {
+                        self.write_timed_out(&mut conn, write_timeout, now);
+                    }
                 }
-                () = tokio::time::sleep_until(write_progress + write_timeout), if !wbuf.is_empty() => {
-                    self.shared.metrics.write_timeout();
-                    warn!(pending = wbuf.len(), timeout = ?write_timeout, "peer stopped reading our ACKs; closing");
-                    wbuf.clear();
-                    self.write_stalled = true;
-                    conn.close(Instant::now().into_std(), StatusCode::TIMEOUT, "write timeout");
+                () = &mut cancelled, if draining.is_none() => {
+                    debug!(in_flight = conn.in_flight(), "draining");
+                    draining = Some(Instant::now());
+                    self.acked = false;
                 }
             }
         }
+    }
+
+    fn write_timed_out(
+        &mut self,
+        conn: &mut AgentConnection,
+        write_timeout: Duration,
+        now: Instant,
+    ) {
+        self.shared.metrics.write_timeout();
+        let pending = conn.outgoing().len();
+        warn!(pending, timeout = ?write_timeout, "peer stopped reading our ACKs; closing");
+        conn.outgoing().clear();
+        self.write_stalled = true;
+        conn.close(now.into_std(), StatusCode::TIMEOUT, "write timeout");
     }
 
     /// Handles what the state machine has for us, then consumes buffered frames one at a
@@ -315,7 +465,6 @@ impl<H: Handler> Driver<H> {
         &mut self,
         conn: &mut AgentConnection,
         rbuf: &mut BytesMut,
-        wbuf: &mut BytesMut,
         now: Instant,
         last_frame: &mut Instant,
     ) -> Option<ConnectionError> {
@@ -324,12 +473,11 @@ impl<H: Handler> Driver<H> {
         loop {
             while let Some(event) = conn.poll_event() {
                 if let Some(why) = self.on_event(conn, event, now) {
-                    conn.poll_transmit(wbuf);
                     return Some(why);
                 }
             }
-            conn.poll_transmit(wbuf);
-            if wbuf.len() >= high_water || conn.handle_read_frames(std_now, rbuf, 1) == 0 {
+            if conn.outgoing().len() >= high_water || conn.handle_read_frames(std_now, rbuf, 1) == 0
+            {
                 return None;
             }
             *last_frame = now;
@@ -358,14 +506,14 @@ impl<H: Handler> Driver<H> {
                 self.established = true;
                 self.shared.data_connections.fetch_add(1, Ordering::Relaxed);
                 debug!(max_frame_size = n.max_frame_size, capabilities = %n.capabilities, "handshake done");
-                let (handler, info) = (&self.handler, &self.info);
+                let (handler, info) = (&self.handler.0, &self.info);
                 if catch_unwind(AssertUnwindSafe(|| handler.on_connect(info))).is_err() {
                     self.shared.metrics.hook_panic();
                     warn!("on_connect panicked");
                 }
             }
             Event::Notify(notify) => {
-                self.shared.metrics.notify();
+                self.counters.notify();
                 let id = notify.id();
                 if let Some(outcome) = self.start_handler(notify, now) {
                     self.ack(conn, id, outcome, now);
@@ -379,9 +527,10 @@ impl<H: Handler> Driver<H> {
     }
 
     /// Starts the handler for `notify`, received at `now`. It is polled once right here
-    /// (unless `inline_first_poll` is off): a handler that completes without waiting (the
-    /// common case: in-memory lookups) is answered without a task spawn, and its outcome
-    /// returned. Otherwise it continues on its own task, raced against its deadline.
+    /// (unless `inline_first_poll` is off), in the connection's reused box: a handler that
+    /// completes without waiting (the common case: in-memory lookups) is answered without a
+    /// task spawn or an allocation, and its outcome returned. Otherwise its box moves to a task
+    /// of its own, raced against its deadline.
     fn start_handler(&mut self, notify: Notify, now: Instant) -> Option<Outcome> {
         let id = notify.id();
         let span = debug_span!("notify", stream_id = id.stream_id, frame_id = id.frame_id);
@@ -390,7 +539,7 @@ impl<H: Handler> Driver<H> {
             notify,
             self.info.clone(),
             deadline,
-            self.shared.background.clone(),
+            std::mem::take(&mut self.spare_actions),
         );
         let mut queued = None;
         let permit = match &self.shared.limiter {
@@ -403,23 +552,32 @@ impl<H: Handler> Driver<H> {
                 }
             },
         };
-        let handler = self.handler.clone();
-        let mut fut: HandlerFuture = Box::pin(async move {
-            let _permit = permit;
-            handler.handle_notify(req).await.map_err(Into::into)
-        });
-        if queued.is_none() && self.shared.config.inline_first_poll {
+        let fut = (self.call)(self.handler.clone(), req);
+        let fut = if queued.is_none() && self.shared.config.inline_first_poll {
+            let slot = match &mut self.slot {
+                Some(slot) => {
+                    slot.set(fut);
+                    slot
+                }
+                None => self.slot.insert(Box::pin(fut)),
+            };
             let _entered = span.enter();
             let mut cx = Context::from_waker(Waker::noop());
-            match catch_unwind(AssertUnwindSafe(|| fut.as_mut().poll(&mut cx))) {
+            match catch_unwind(AssertUnwindSafe(|| slot.as_mut().poll(&mut cx))) {
                 Ok(Poll::Ready(res)) => {
-                    self.shared.metrics.handler_latency(now.elapsed());
-                    return Some(Outcome::from(Ok(res)));
+                    self.inline_done += 1;
+                    return Some(Outcome::of(Ok(res)));
                 }
-                Err(_) => return Some(Outcome::Panicked),
-                Ok(Poll::Pending) => {}
+                Err(_) => {
+                    // a future that panicked is not polled (nor overwritten) again
+                    self.slot = None;
+                    return Some(Outcome::Panicked);
+                }
+                Ok(Poll::Pending) => self.slot.take()?,
             }
-        }
+        } else {
+            Box::pin(fut)
+        };
         let max_late = self.shared.config.max_late;
         let spawned = self.spawned.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
@@ -438,7 +596,8 @@ impl<H: Handler> Driver<H> {
             tx: spawned.tx.clone(),
             shared: self.shared.clone(),
         };
-        self.tasks.spawn(task.run(fut, queued).instrument(span));
+        self.tasks
+            .spawn(task.run(fut, permit, queued).instrument(span));
         None
     }
 
@@ -474,7 +633,7 @@ impl<H: Handler> Driver<H> {
         };
         let std_now = now.into_std();
         match conn.send_ack(std_now, id, &actions) {
-            Ok(()) => metrics.ack(),
+            Ok(()) => self.counters.ack(),
             Err(AckError::FrameTooLarge { len, max }) if reason.is_none() => {
                 metrics.ack_too_large();
                 self.log_failure(id, FallbackReason::TooLarge, None, now);
@@ -483,11 +642,16 @@ impl<H: Handler> Driver<H> {
                     .send_ack(std_now, id, &self.fallback(FallbackReason::TooLarge))
                     .is_ok()
                 {
-                    metrics.ack();
+                    self.counters.ack();
                 }
             }
             // closed or draining past the deadline: HAProxy has given up on it
             Err(e) => debug!(error = %e, "ACK not sent"),
+        }
+        if actions.as_bytes().len() <= KEEP_ACTIONS {
+            let mut actions = actions;
+            actions.clear();
+            self.spare_actions = actions;
         }
     }
 
@@ -546,10 +710,10 @@ impl<H: Handler> Driver<H> {
         }
     }
 
-    async fn finish<W: AsyncWrite + Unpin>(
+    async fn finish<IO: AsyncWrite>(
         &mut self,
-        wr: &mut W,
-        wbuf: &mut BytesMut,
+        mut io: Pin<&mut IO>,
+        conn: &mut AgentConnection,
         why: &ConnectionError,
     ) {
         if !self.tasks.is_empty() {
@@ -559,14 +723,15 @@ impl<H: Handler> Driver<H> {
             while self.tasks.join_next().await.is_some() {}
             debug!(tasks = n, "handler tasks cancelled with the connection");
         }
-        if !wbuf.is_empty() && !self.write_stalled {
-            let n = wbuf.len();
-            if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, wr.write_all_buf(wbuf)).await {
-                self.shared.metrics.bytes_out(n);
+        let out = conn.outgoing();
+        if !out.is_empty() && !self.write_stalled {
+            let n = out.len();
+            if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, io.write_all_buf(out)).await {
+                self.counters.bytes_out(n);
             }
         }
         if !self.write_stalled {
-            let _ = tokio::time::timeout(FINAL_FLUSH, wr.shutdown()).await;
+            let _ = tokio::time::timeout(FINAL_FLUSH, io.shutdown()).await;
         }
         let metrics = &self.shared.metrics;
         if matches!(
@@ -587,7 +752,7 @@ impl<H: Handler> Driver<H> {
         }
         if self.established {
             self.shared.data_connections.fetch_sub(1, Ordering::Relaxed);
-            let (handler, info) = (&self.handler, &self.info);
+            let (handler, info) = (&self.handler.0, &self.info);
             if catch_unwind(AssertUnwindSafe(|| handler.on_disconnect(info, why))).is_err() {
                 metrics.hook_panic();
                 warn!("on_disconnect panicked");
@@ -608,10 +773,20 @@ struct Supervised {
 }
 
 impl Supervised {
-    async fn run(self, fut: HandlerFuture, queued: Option<Arc<Semaphore>>) {
+    /// Runs `fut` holding its handler slot: `permit` (taken before the first poll) or one
+    /// waited for behind the concurrency limit (`queued`).
+    async fn run<F, E>(
+        self,
+        fut: Pin<Box<F>>,
+        permit: Option<OwnedSemaphorePermit>,
+        queued: Option<Arc<Semaphore>>,
+    ) where
+        F: Future<Output = Result<Actions, E>> + Send + 'static,
+        E: Into<BoxError>,
+    {
         // Behind the concurrency limit: wait for a slot, but not past the deadline.
         let _slot: Option<OwnedSemaphorePermit> = match queued {
-            None => None,
+            None => permit,
             Some(limiter) => {
                 match tokio::time::timeout_at(self.deadline, limiter.acquire_owned()).await {
                     Ok(Ok(p)) => Some(p),
@@ -627,7 +802,7 @@ impl Supervised {
             biased;
             res = &mut fut => {
                 self.shared.metrics.handler_latency(self.started.elapsed());
-                self.report(Outcome::from(res));
+                self.report(Outcome::of(res));
                 return;
             }
             () = tokio::time::sleep_until(self.deadline) => {}
@@ -649,11 +824,5 @@ impl Supervised {
     fn report(&self, outcome: Outcome) {
         // the connection may be gone; then nobody waits for the ACK
         let _ = self.tx.send((self.id, outcome));
-    }
-}
-
-async fn sleep_until(deadline: Option<Instant>) {
-    if let Some(d) = deadline {
-        tokio::time::sleep_until(d).await;
     }
 }

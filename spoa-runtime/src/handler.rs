@@ -17,7 +17,7 @@ use crate::config::Config;
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// Facts about the connection a NOTIFY arrived on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct ConnInfo {
     /// A process-unique number for the connection (also in log lines).
@@ -30,7 +30,25 @@ pub struct ConnInfo {
     pub max_frame_size: u32,
     /// Whether pipelining is in use.
     pub pipelining: bool,
+    /// The server's background tasks, behind this connection's own `Arc` (see
+    /// [`Request::background`]): one reference count per request instead of two.
+    pub(crate) background: Background,
 }
+
+/// Compares the facts, not the background task set.
+impl PartialEq for ConnInfo {
+    fn eq(&self, o: &Self) -> bool {
+        (
+            self.id,
+            &self.peer,
+            &self.engine_id,
+            self.max_frame_size,
+            self.pipelining,
+        ) == (o.id, &o.peer, &o.engine_id, o.max_frame_size, o.pipelining)
+    }
+}
+
+impl Eq for ConnInfo {}
 
 impl ConnInfo {
     /// A `ConnInfo` for tests.
@@ -46,6 +64,7 @@ impl ConnInfo {
             engine_id: None,
             max_frame_size: 16380,
             pipelining: true,
+            background: Background::new(Config::default().max_background),
         }
     }
 }
@@ -70,19 +89,20 @@ pub struct Request {
     /// The connection it came on.
     pub conn: Arc<ConnInfo>,
     deadline: Instant,
-    background: Background,
+    /// An empty `Actions` with the connection's recycled buffer, for [`Request::actions`].
+    actions: Actions,
 }
 
 impl Request {
     /// Wraps a NOTIFY (the runtime does this; tests can too). The deadline is the default
     /// budget from now ([`Config::handler_budget`] of `Config::default()`); background tasks
-    /// go to a set of their own.
+    /// go to the set of `conn` (a set of its own for [`ConnInfo::for_tests`]).
     pub fn new(notify: Notify, conn: ConnInfo) -> Self {
         Self {
             notify,
             conn: Arc::new(conn),
             deadline: Instant::now() + Config::default().handler_budget(),
-            background: Background::new(Config::default().max_background),
+            actions: Actions::new(),
         }
     }
 
@@ -90,14 +110,34 @@ impl Request {
         notify: Notify,
         conn: Arc<ConnInfo>,
         deadline: Instant,
-        background: Background,
+        actions: Actions,
     ) -> Self {
         Self {
             notify,
             conn,
             deadline,
-            background,
+            actions,
         }
+    }
+
+    /// An empty [`Actions`] to answer with, holding the buffer of an earlier ACK of this
+    /// connection: unlike `Actions::new()`, adding actions to it allocates nothing (once the
+    /// connection has answered a NOTIFY or two). The runtime takes the buffer back after
+    /// encoding the ACK. A second call returns a plain `Actions::new()`.
+    ///
+    /// ```
+    /// use spoa_runtime::{handler_fn, Request};
+    /// use spop_proto::Scope;
+    ///
+    /// let handler = handler_fn(|mut req: Request| async move {
+    ///     let mut actions = req.actions();
+    ///     actions.set_var(Scope::Transaction, "seen", true);
+    ///     Ok::<_, std::convert::Infallible>(actions)
+    /// });
+    /// # let _ = handler;
+    /// ```
+    pub fn actions(&mut self) -> Actions {
+        std::mem::take(&mut self.actions)
     }
 
     /// The same request with another deadline (for tests of deadline-aware handlers).
@@ -162,8 +202,8 @@ impl Request {
     /// assert!(req.background().spawn(async { /* ship an event */ }).is_ok());
     /// # }
     /// ```
-    pub const fn background(&self) -> &Background {
-        &self.background
+    pub fn background(&self) -> &Background {
+        &self.conn.background
     }
 
     /// The NOTIFY's stream-id and frame-id.

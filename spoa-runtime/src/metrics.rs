@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 #[cfg(feature = "prometheus")]
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use spop_proto::StatusCode;
@@ -19,6 +20,11 @@ const STATUS_SLOTS: usize = 16;
 /// Runtime metrics, shared by every connection of a server. Read them with
 /// [`Metrics::snapshot`] or [`Metrics::render_prometheus`].
 ///
+/// The counters a NOTIFY moves (NOTIFYs, ACKs, bytes, handler latency) are kept per
+/// connection, written by that connection's task alone, and summed when read: the per-request
+/// path writes no memory that another connection (or worker thread) writes. The rare ones
+/// (errors, timeouts, disconnects...) are shared atomics.
+///
 /// ```
 /// let metrics = spoa_runtime::Metrics::default();
 /// assert_eq!(metrics.snapshot().notifies, 0);
@@ -29,10 +35,10 @@ pub struct Metrics {
     connections_accepted: AtomicU64,
     connections_active: AtomicU64,
     health_checks: AtomicU64,
-    bytes_in: AtomicU64,
-    bytes_out: AtomicU64,
-    notifies: AtomicU64,
-    acks: AtomicU64,
+    /// Counts of closed connections, and of handlers timed on their own tasks.
+    hot: Hot,
+    /// The open connections' own counters.
+    live: Mutex<Registry>,
     handler_errors: AtomicU64,
     handler_panics: AtomicU64,
     handler_timeouts: AtomicU64,
@@ -49,9 +55,136 @@ pub struct Metrics {
     disconnects: [AtomicU64; STATUS_SLOTS],
     disconnects_other: AtomicU64,
     peer_closes: AtomicU64,
+}
+
+/// The counters every NOTIFY moves.
+#[derive(Debug, Default)]
+pub(crate) struct Hot {
+    bytes_in: AtomicU64,
+    bytes_out: AtomicU64,
+    notifies: AtomicU64,
+    acks: AtomicU64,
     latency_buckets: [AtomicU64; LATENCY_BUCKETS.len()],
     latency_count: AtomicU64,
     latency_sum_ns: AtomicU64,
+}
+
+/// The values of a [`Hot`], summed over connections.
+#[derive(Debug, Default)]
+struct HotValues {
+    bytes_in: u64,
+    bytes_out: u64,
+    notifies: u64,
+    acks: u64,
+    latency_buckets: [u64; LATENCY_BUCKETS.len()],
+    latency_count: u64,
+    latency_sum_ns: u64,
+}
+
+/// Open connections' counters, in reusable slots.
+#[derive(Debug, Default)]
+struct Registry {
+    slots: Vec<Option<Arc<Hot>>>,
+    free: Vec<usize>,
+}
+
+/// Adds `n` to a counter that only one task writes: a plain load and store, no locked
+/// read-modify-write. Readers may see it a moment late, never torn.
+#[inline]
+fn bump(a: &AtomicU64, n: u64) {
+    a.store(a.load(Relaxed).wrapping_add(n), Relaxed);
+}
+
+fn bucket(d: Duration) -> Option<usize> {
+    let secs = d.as_secs_f64();
+    LATENCY_BUCKETS.iter().position(|&b| secs <= b)
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl Hot {
+    fn add_to(&self, v: &mut HotValues) {
+        v.bytes_in += self.bytes_in.load(Relaxed);
+        v.bytes_out += self.bytes_out.load(Relaxed);
+        v.notifies += self.notifies.load(Relaxed);
+        v.acks += self.acks.load(Relaxed);
+        for (t, b) in v.latency_buckets.iter_mut().zip(&self.latency_buckets) {
+            *t += b.load(Relaxed);
+        }
+        v.latency_count += self.latency_count.load(Relaxed);
+        v.latency_sum_ns += self.latency_sum_ns.load(Relaxed);
+    }
+
+    /// Adds a closed connection's counts (shared: a locked add).
+    fn absorb(&self, o: &Self) {
+        self.bytes_in.fetch_add(o.bytes_in.load(Relaxed), Relaxed);
+        self.bytes_out.fetch_add(o.bytes_out.load(Relaxed), Relaxed);
+        self.notifies.fetch_add(o.notifies.load(Relaxed), Relaxed);
+        self.acks.fetch_add(o.acks.load(Relaxed), Relaxed);
+        for (t, b) in self.latency_buckets.iter().zip(&o.latency_buckets) {
+            t.fetch_add(b.load(Relaxed), Relaxed);
+        }
+        self.latency_count
+            .fetch_add(o.latency_count.load(Relaxed), Relaxed);
+        self.latency_sum_ns
+            .fetch_add(o.latency_sum_ns.load(Relaxed), Relaxed);
+    }
+}
+
+/// One connection's counters, registered with its server's [`Metrics`] while it is open and
+/// folded into the totals when dropped. Only the connection's own task writes them.
+#[derive(Debug)]
+pub(crate) struct ConnCounters {
+    hot: Arc<Hot>,
+    slot: usize,
+    metrics: Arc<Metrics>,
+}
+
+impl ConnCounters {
+    #[inline]
+    pub(crate) fn bytes_in(&self, n: usize) {
+        bump(&self.hot.bytes_in, n as u64);
+    }
+
+    #[inline]
+    pub(crate) fn bytes_out(&self, n: usize) {
+        bump(&self.hot.bytes_out, n as u64);
+    }
+
+    #[inline]
+    pub(crate) fn notify(&self) {
+        bump(&self.hot.notifies, 1);
+    }
+
+    #[inline]
+    pub(crate) fn ack(&self) {
+        bump(&self.hot.acks, 1);
+    }
+
+    /// Records `n` handlers that each took `d` (the handlers of one batch, timed together).
+    pub(crate) fn handler_latency(&self, d: Duration, n: u64) {
+        if let Some(i) = bucket(d) {
+            bump(&self.hot.latency_buckets[i], n);
+        }
+        bump(&self.hot.latency_count, n);
+        bump(&self.hot.latency_sum_ns, nanos(d).saturating_mul(n));
+    }
+}
+
+impl Drop for ConnCounters {
+    fn drop(&mut self) {
+        let mut live = self
+            .metrics
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        // under the lock: a snapshot sees these counts either here or in the totals, once
+        self.metrics.hot.absorb(&self.hot);
+        live.slots[self.slot] = None;
+        live.free.push(self.slot);
+    }
 }
 
 /// A point-in-time copy of the counters.
@@ -126,20 +259,37 @@ impl Metrics {
         self.health_checks.fetch_add(1, Relaxed);
     }
 
-    pub(crate) fn bytes_in(&self, n: usize) {
-        self.bytes_in.fetch_add(n as u64, Relaxed);
+    /// Registers a connection's own counters.
+    pub(crate) fn register(self: &Arc<Self>) -> ConnCounters {
+        let hot = Arc::new(Hot::default());
+        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = match live.free.pop() {
+            Some(i) => {
+                live.slots[i] = Some(hot.clone());
+                i
+            }
+            None => {
+                live.slots.push(Some(hot.clone()));
+                live.slots.len() - 1
+            }
+        };
+        drop(live);
+        ConnCounters {
+            hot,
+            slot,
+            metrics: self.clone(),
+        }
     }
 
-    pub(crate) fn bytes_out(&self, n: usize) {
-        self.bytes_out.fetch_add(n as u64, Relaxed);
-    }
-
-    pub(crate) fn notify(&self) {
-        self.notifies.fetch_add(1, Relaxed);
-    }
-
-    pub(crate) fn ack(&self) {
-        self.acks.fetch_add(1, Relaxed);
+    /// The hot counters: closed connections plus open ones.
+    fn hot_totals(&self) -> HotValues {
+        let mut v = HotValues::default();
+        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        self.hot.add_to(&mut v);
+        for h in live.slots.iter().flatten() {
+            h.add_to(&mut v);
+        }
+        v
     }
 
     pub(crate) fn handler_error(&self) {
@@ -206,14 +356,14 @@ impl Metrics {
         };
     }
 
+    /// A handler timed on its own task (shared: a locked add).
     pub(crate) fn handler_latency(&self, d: Duration) {
-        let secs = d.as_secs_f64();
-        if let Some(i) = LATENCY_BUCKETS.iter().position(|&b| secs <= b) {
-            self.latency_buckets[i].fetch_add(1, Relaxed);
+        let hot = &self.hot;
+        if let Some(i) = bucket(d) {
+            hot.latency_buckets[i].fetch_add(1, Relaxed);
         }
-        self.latency_count.fetch_add(1, Relaxed);
-        self.latency_sum_ns
-            .fetch_add(u64::try_from(d.as_nanos()).unwrap_or(u64::MAX), Relaxed);
+        hot.latency_count.fetch_add(1, Relaxed);
+        hot.latency_sum_ns.fetch_add(nanos(d), Relaxed);
     }
 
     /// Copies the counters.
@@ -228,14 +378,15 @@ impl Metrics {
         if other > 0 {
             disconnects.push((StatusCode(u32::MAX), other));
         }
+        let hot = self.hot_totals();
         MetricsSnapshot {
             connections_accepted: self.connections_accepted.load(Relaxed),
             connections_active: self.connections_active.load(Relaxed),
             health_checks: self.health_checks.load(Relaxed),
-            bytes_in: self.bytes_in.load(Relaxed),
-            bytes_out: self.bytes_out.load(Relaxed),
-            notifies: self.notifies.load(Relaxed),
-            acks: self.acks.load(Relaxed),
+            bytes_in: hot.bytes_in,
+            bytes_out: hot.bytes_out,
+            notifies: hot.notifies,
+            acks: hot.acks,
             handler_errors: self.handler_errors.load(Relaxed),
             handler_panics: self.handler_panics.load(Relaxed),
             handler_timeouts: self.handler_timeouts.load(Relaxed),
@@ -251,7 +402,7 @@ impl Metrics {
             hook_panics: self.hook_panics.load(Relaxed),
             disconnects,
             peer_closes: self.peer_closes.load(Relaxed),
-            handled: self.latency_count.load(Relaxed),
+            handled: hot.latency_count,
         }
     }
 
@@ -401,16 +552,17 @@ impl Metrics {
         }
         let _ = writeln!(out, "# HELP spoa_handler_duration_seconds Handler latency.");
         let _ = writeln!(out, "# TYPE spoa_handler_duration_seconds histogram");
+        let hot = self.hot_totals();
         let mut cumulative = 0;
         for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-            cumulative += self.latency_buckets[i].load(Relaxed);
+            cumulative += hot.latency_buckets[i];
             let _ = writeln!(
                 out,
                 "spoa_handler_duration_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
             );
         }
-        let count = self.latency_count.load(Relaxed);
-        let sum = self.latency_sum_ns.load(Relaxed) as f64 / 1e9;
+        let count = hot.latency_count;
+        let sum = hot.latency_sum_ns as f64 / 1e9;
         let _ = writeln!(
             out,
             "spoa_handler_duration_seconds_bucket{{le=\"+Inf\"}} {count}"

@@ -7,7 +7,7 @@ mod handshake;
 #[cfg(test)]
 mod tests;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +17,8 @@ pub use handshake::Negotiated;
 
 use crate::error::{AckError, ConnectionError, ProtocolError, TimeoutKind};
 use crate::frame::{
-    Actions, AgentHello, DEFAULT_MAX_FRAME_SIZE, Disconnect, FrameDecoder, FrameHeader,
-    HaproxyHello, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame, Scope,
+    Actions, AgentHello, DEFAULT_MAX_FRAME_SIZE, Disconnect, FrameDecoder, FrameFlags, FrameHeader,
+    HaproxyHello, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame, Scope, encode_frame,
 };
 use crate::status::{FrameType, StatusCode};
 
@@ -35,6 +35,23 @@ use crate::status::{FrameType, StatusCode};
 /// assert_eq!(spop_proto::PAD_VAR_NAME, "spoa_pad_ack");
 /// ```
 pub const PAD_VAR_NAME: &str = "spoa_pad_ack";
+
+/// The padding action as encoded on the wire: `unset-var` (2), 2 arguments, scope
+/// transaction, then the name as a length-prefixed string (12 < 240: a one-byte varint).
+const PAD_ACTION: [u8; 4 + PAD_VAR_NAME.len()] = {
+    let mut a = [0u8; 4 + PAD_VAR_NAME.len()];
+    a[0] = 2;
+    a[1] = 2;
+    a[2] = Scope::Transaction as u8;
+    a[3] = PAD_VAR_NAME.len() as u8;
+    let name = PAD_VAR_NAME.as_bytes();
+    let mut i = 0;
+    while i < name.len() {
+        a[4 + i] = name[i];
+        i += 1;
+    }
+    a
+};
 
 /// The largest frame accepted before the handshake. HAProxy's HELLO is about 150 bytes
 /// (version list, max-frame-size, capabilities, engine-id, healthcheck), so a peer that
@@ -170,8 +187,10 @@ pub struct AgentConnection {
     state: State,
     decoder: FrameDecoder,
     negotiated: Option<Negotiated>,
-    in_flight: HashMap<NotifyId, u32>,
-    in_flight_count: usize,
+    /// The NOTIFYs not yet ACKed, in arrival order; an id HAProxy reused while in flight is
+    /// there twice. At most `max_in_flight` entries (HAProxy keeps 20 or fewer), and ACKs
+    /// mostly come in order: a linear search from the front beats hashing the ids.
+    in_flight: VecDeque<NotifyId>,
     out: BytesMut,
     events: VecDeque<Event>,
     hello_deadline: Option<Instant>,
@@ -194,8 +213,7 @@ impl AgentConnection {
             decoder: FrameDecoder::new(own_max),
             negotiated: None,
             // allocated at the first NOTIFY: idle connections should hold almost nothing
-            in_flight: HashMap::new(),
-            in_flight_count: 0,
+            in_flight: VecDeque::new(),
             out: BytesMut::new(),
             events: VecDeque::new(),
             hello_deadline,
@@ -245,7 +263,7 @@ impl AgentConnection {
         let mut consumed = 0;
         while consumed < max_frames
             && self.state != State::Closed
-            && self.in_flight_count < self.in_flight_limit()
+            && self.in_flight.len() < self.in_flight_limit()
         {
             match self.decoder.decode(buf) {
                 Ok(None) => break,
@@ -271,7 +289,7 @@ impl AgentConnection {
         if self.state == State::Closed {
             return;
         }
-        let clean = self.in_flight_count == 0 && !self.partial && self.reassembly.is_none();
+        let clean = self.in_flight.is_empty() && !self.partial && self.reassembly.is_none();
         self.state = State::Closed;
         self.events
             .push_back(Event::Closed(ConnectionError::Eof { clean }));
@@ -285,7 +303,7 @@ impl AgentConnection {
                 self.fail(ConnectionError::TimedOut(TimeoutKind::Hello));
             }
             State::Established
-                if self.in_flight_count == 0 && self.idle_deadline.is_some_and(|d| now >= d) =>
+                if self.in_flight.is_empty() && self.idle_deadline.is_some_and(|d| now >= d) =>
             {
                 self.fail(ConnectionError::TimedOut(TimeoutKind::Idle));
             }
@@ -314,28 +332,23 @@ impl AgentConnection {
             (State::AwaitingHello, _) | (_, None) => return Err(AckError::NotEstablished),
             (_, Some(n)) => n.max_frame_size,
         };
-        let Some(count) = self.in_flight.get_mut(&id) else {
+        let Some(at) = self.in_flight.iter().position(|&i| i == id) else {
             return Err(AckError::UnknownNotify(id));
         };
         let pad = actions.is_empty() && self.config.pad_empty_ack;
-        let pad_len = if pad { 3 + 1 + PAD_VAR_NAME.len() } else { 0 };
+        let pad_len = if pad { PAD_ACTION.len() } else { 0 };
         let len = actions.frame_len(id) + pad_len;
         if len > max as usize {
             return Err(AckError::FrameTooLarge { len, max });
         }
-        *count -= 1;
-        if *count == 0 {
-            self.in_flight.remove(&id);
-        }
-        self.in_flight_count -= 1;
+        self.in_flight.remove(at);
         if pad {
-            let mut padded = Actions::with_capacity(pad_len);
-            padded.unset_var(Scope::Transaction, PAD_VAR_NAME);
-            padded.encode_ack(id, &mut self.out);
+            let hdr = FrameHeader::new(FrameType::ACK, FrameFlags::FIN, id.stream_id, id.frame_id);
+            encode_frame(&mut self.out, hdr, |b| b.extend_from_slice(&PAD_ACTION));
         } else {
             actions.encode_ack(id, &mut self.out);
         }
-        if self.in_flight_count == 0 {
+        if self.in_flight.is_empty() {
             self.idle_deadline = self.config.idle_timeout.map(|t| now + t);
             if matches!(self.state, State::Draining { .. }) {
                 self.finish(ConnectionError::LocallyClosed(StatusCode::NORMAL), "normal");
@@ -357,7 +370,7 @@ impl AgentConnection {
     /// AGENT-DISCONNECT (status 2) goes out regardless.
     pub fn begin_drain(&mut self, now: Instant, deadline: Instant) {
         match self.state {
-            State::Established if self.in_flight_count > 0 && deadline > now => {
+            State::Established if !self.in_flight.is_empty() && deadline > now => {
                 self.state = State::Draining { deadline };
             }
             State::Closed | State::Draining { .. } => {}
@@ -410,11 +423,38 @@ impl AgentConnection {
         n
     }
 
+    /// The bytes queued for the peer, for a driver that writes them straight from the state
+    /// machine's buffer instead of copying them out with
+    /// [`poll_transmit`](Self::poll_transmit): write from the front and advance past what was
+    /// written (`BytesMut` is a `bytes::Buf`; tokio's `write_buf` advances it). Frames are
+    /// appended whole. The driver may also swap in a buffer of its own while this one is empty
+    /// (to pool buffers across connections); queued bytes must stay in order.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Instant};
+    /// use bytes::{Buf, BytesMut};
+    /// use spop_proto::{AgentConfig, AgentConnection, frame::HaproxyHello};
+    ///
+    /// let now = Instant::now();
+    /// let mut conn = AgentConnection::new(Arc::new(AgentConfig::default()), now);
+    /// let mut rbuf = BytesMut::new();
+    /// HaproxyHello::new(16380, "pipelining").encode(&mut rbuf);
+    /// conn.handle_read(now, &mut rbuf);
+    /// let out = conn.outgoing();
+    /// assert_eq!(out[4], 101); // the AGENT-HELLO, ready to write
+    /// let n = out.len(); // say the socket took it all
+    /// out.advance(n);
+    /// assert!(conn.outgoing().is_empty());
+    /// ```
+    pub fn outgoing(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::AwaitingHello => self.hello_deadline,
-            State::Established if self.in_flight_count == 0 => self.idle_deadline,
+            State::Established if self.in_flight.is_empty() => self.idle_deadline,
             State::Established | State::Closed => None,
             State::Draining { deadline } => Some(deadline),
         }
@@ -431,12 +471,12 @@ impl AgentConnection {
     /// draining, and fewer than the in-flight limit NOTIFYs unanswered.
     pub fn wants_read(&self) -> bool {
         matches!(self.state, State::AwaitingHello | State::Established)
-            && self.in_flight_count < self.in_flight_limit()
+            && self.in_flight.len() < self.in_flight_limit()
     }
 
     /// NOTIFYs received and not yet ACKed.
-    pub const fn in_flight(&self) -> usize {
-        self.in_flight_count
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
     }
 
     /// The negotiated parameters, once established.
@@ -617,8 +657,7 @@ impl AgentConnection {
     }
 
     fn track(&mut self, notify: Notify) {
-        *self.in_flight.entry(notify.id()).or_insert(0) += 1;
-        self.in_flight_count += 1;
+        self.in_flight.push_back(notify.id());
         self.events.push_back(Event::Notify(notify));
     }
 }
