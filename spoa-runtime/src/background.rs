@@ -98,21 +98,6 @@ impl Background {
         Self::with_metrics(limit, Arc::new(Metrics::default()))
     }
 
-    /// The same set, behind an `Arc` of the connection's own: a request's clone then touches
-    /// a reference count no other connection (or worker thread) writes.
-    pub(crate) fn for_connection(&self) -> Self {
-        let i = &self.inner;
-        Self {
-            inner: Arc::new(Inner {
-                tracker: i.tracker.clone(),
-                slots: i.slots.clone(),
-                cancel: i.cancel.clone(),
-                metrics: i.metrics.clone(),
-                limit: i.limit,
-            }),
-        }
-    }
-
     pub(crate) fn with_metrics(limit: usize, metrics: Arc<Metrics>) -> Self {
         Self {
             inner: Arc::new(Inner {

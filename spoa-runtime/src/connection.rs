@@ -40,7 +40,7 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::config::FallbackReason;
 use crate::handler::{BoxError, ConnInfo, Handler, Request};
-use crate::metrics::ConnCounters;
+use crate::metrics::Hot;
 use crate::server::{Server, Shared};
 use crate::unwind::{CatchUnwind, Panicked};
 
@@ -56,6 +56,10 @@ const KEEP_CAPACITY: usize = 64 * 1024;
 /// An ACK buffer larger than this (a handler that once answered with many variables) is not
 /// recycled into the next request.
 const KEEP_ACTIONS: usize = 1024;
+/// After this long without a frame, with nothing in flight, a connection frees what it keeps
+/// for traffic (event queue, in-flight table, handler box, ACK buffer): idle connections then
+/// hold almost nothing, busy ones never reallocate.
+const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
 thread_local! {
     /// Each thread's spare read and write buffers: a connection holds one only while bytes
@@ -125,7 +129,7 @@ where
     IO: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
 {
-    drive(io, peer, handler, server.shared().clone(), cancel).await
+    drive(io, peer, handler, server.shared().clone(), cancel, ()).await
 }
 
 /// Keeps the active-connections gauge right even if the connection task panics or is
@@ -138,13 +142,16 @@ impl Drop for Gauge {
     }
 }
 
-pub(crate) async fn drive<IO, H>(
+/// The connection's future: one state machine, no wrapper around it (idle connections are
+/// mostly this future). `guard` is dropped with it (the server's connection slot).
+pub(crate) fn drive<IO, H>(
     io: IO,
     peer: String,
     handler: Arc<H>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
-) -> ConnectionError
+    guard: impl Send + 'static,
+) -> impl Future<Output = ConnectionError> + Send
 where
     IO: AsyncRead + AsyncWrite + Send + 'static,
     H: Handler,
@@ -152,11 +159,10 @@ where
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let span = info_span!("spop_conn", conn = id, peer = %peer, engine_id = tracing::field::Empty);
     shared.metrics.connection_opened();
-    let _gauge = Gauge(shared.clone());
+    let gauge = Gauge(shared.clone());
     Driver::new(id, peer, handler, shared, call::<H>)
-        .run(io, cancel)
+        .run(io, cancel, (gauge, guard))
         .instrument(span)
-        .await
 }
 
 /// The server's handler behind a connection's own `Arc`: cloning that for a request touches a
@@ -194,13 +200,11 @@ struct Driver<H, Mk, F> {
     slot: Option<Pin<Box<F>>>,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-    counters: ConnCounters,
     /// The last ACK's actions, cleared: the next request's [`Request::actions`].
     spare_actions: Actions,
     /// Handlers completed inline since the last timing.
     inline_done: u64,
     established: bool,
-    tasks: JoinSet<()>,
     /// Made at the first handler that has to wait: connections whose handlers all complete
     /// inline (and idle ones) never allocate it.
     spawned: Option<Spawned>,
@@ -210,23 +214,50 @@ struct Driver<H, Mk, F> {
     acked: bool,
 }
 
-/// How handler tasks report back, and the connection's late slots.
+/// The handlers that had to wait: their tasks, how they report back, and the connection's
+/// late slots.
 struct Spawned {
+    tasks: JoinSet<()>,
     tx: mpsc::UnboundedSender<(NotifyId, Outcome)>,
     rx: mpsc::UnboundedReceiver<(NotifyId, Outcome)>,
     late: Arc<Semaphore>,
 }
 
-async fn recv(spawned: &mut Option<Spawned>) -> Option<(NotifyId, Outcome)> {
-    match spawned {
-        Some(s) => s.rx.recv().await,
-        None => std::future::pending().await,
+/// What the handler tasks did.
+enum FromTasks {
+    Outcome(NotifyId, Outcome),
+    /// A task ended (late ones report nothing else).
+    Reaped,
+}
+
+/// The next outcome (if `outcomes` is allowed), or a finished task to reap.
+fn poll_tasks(
+    spawned: &mut Option<Spawned>,
+    cx: &mut Context<'_>,
+    outcomes: bool,
+) -> Poll<FromTasks> {
+    let Some(s) = spawned else {
+        return Poll::Pending;
+    };
+    if outcomes {
+        if let Poll::Ready(Some((id, outcome))) = s.rx.poll_recv(cx) {
+            return Poll::Ready(FromTasks::Outcome(id, outcome));
+        }
     }
+    if !s.tasks.is_empty() {
+        if let Poll::Ready(Some(_)) = s.tasks.poll_join_next(cx) {
+            return Poll::Ready(FromTasks::Reaped);
+        }
+    }
+    Poll::Pending
 }
 
 /// What the socket did.
 enum IoEvent {
     Wrote(io::Result<usize>),
+    /// A write could not complete at once (the peer's window is full): the write timeout
+    /// has to be armed.
+    WriteBlocked,
     Read(io::Result<usize>),
 }
 
@@ -238,10 +269,19 @@ fn poll_io<IO: AsyncRead + AsyncWrite>(
     out: &mut BytesMut,
     rbuf: &mut BytesMut,
     can_read: bool,
+    write_blocked: &mut bool,
 ) -> Poll<IoEvent> {
     if !out.is_empty() {
-        if let Poll::Ready(r) = poll_write_buf(io.as_mut(), cx, out) {
-            return Poll::Ready(IoEvent::Wrote(r));
+        match poll_write_buf(io.as_mut(), cx, out) {
+            Poll::Ready(r) => {
+                *write_blocked = false;
+                return Poll::Ready(IoEvent::Wrote(r));
+            }
+            Poll::Pending if !*write_blocked => {
+                *write_blocked = true;
+                return Poll::Ready(IoEvent::WriteBlocked);
+            }
+            Poll::Pending => {}
         }
     }
     if can_read {
@@ -274,26 +314,29 @@ where
             engine_id: None,
             max_frame_size: 0,
             pipelining: false,
-            background: shared.background.for_connection(),
+            background: shared.background.clone(),
         };
         Self {
             handler: Arc::new(ConnHandler(handler)),
             call,
             slot: None,
-            counters: shared.metrics.register(),
             shared,
             info: Arc::new(info),
             spare_actions: Actions::new(),
             inline_done: 0,
             established: false,
-            tasks: JoinSet::new(),
             spawned: None,
             write_stalled: false,
             acked: false,
         }
     }
 
-    async fn run<IO>(mut self, io: IO, cancel: CancellationToken) -> ConnectionError
+    async fn run<IO>(
+        mut self,
+        io: IO,
+        cancel: CancellationToken,
+        _guards: impl Send,
+    ) -> ConnectionError
     where
         IO: AsyncRead + AsyncWrite + Send + 'static,
     {
@@ -306,11 +349,14 @@ where
         let grace = self.shared.config.shutdown_grace;
         let quiet = self.shared.config.drain_quiet;
         let mut cancelled = pin!(cancel.cancelled());
-        // One timer for every deadline (the state machine's, the write timeout, the drain's),
-        // armed lazily: reset only to an earlier instant; when it fires early, the conditions
-        // are checked and it is armed again.
-        let mut timer = pin!(tokio::time::sleep_until(start));
+        // One timer for every deadline (the state machine's, a blocked write's, the drain's,
+        // the idle release), armed lazily: reset only to an earlier instant; when it fires
+        // early, the conditions are checked and it is armed again. Boxed, and dropped while
+        // nothing is due: an idle connection holds none.
+        let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
         let mut armed: Option<Instant> = None;
+        // the last write could not complete: the write timeout runs
+        let mut write_blocked = false;
         // Some(when the drain started) once cancelled; then the connection keeps answering
         // what arrives, and closes once quiet (or at the grace)
         let mut draining: Option<Instant> = None;
@@ -321,6 +367,8 @@ where
         // the clock read after the last batch, reused when the next turn follows a write
         let mut clock: Option<Instant> = None;
         let mut turns: u32 = 0;
+        // the last frame before which the traffic buffers were released
+        let mut released_for: Option<Instant> = None;
         loop {
             let mut now = clock.take().unwrap_or_else(Instant::now);
             if !self.established && self.shared.lame_duck.load(Ordering::Relaxed) {
@@ -335,10 +383,14 @@ where
                 // the handlers of this batch, timed together: arrival to ACK queued
                 now = Instant::now();
                 let n = std::mem::take(&mut self.inline_done);
-                self.counters.handler_latency(now - batch, n);
+                self.shared
+                    .metrics
+                    .local(|c| c.handler_latency(now - batch, n));
             }
             if let Some(why) = closed {
-                self.finish(io.as_mut(), &mut conn, &why).await;
+                // boxed: the closing path is cold, and its timers would otherwise enlarge every idle
+                // connection's task
+                Box::pin(self.finish(io.as_mut(), &mut conn, &why)).await;
                 return why;
             }
             if rbuf.is_empty() {
@@ -378,17 +430,36 @@ where
                         .min(hard),
                 );
             }
+            if released_for.is_none() && self.established && conn.in_flight() == 0 {
+                // right after the handshake: what the HELLO needed goes (thousands of
+                // connections opened at once then reuse each other's memory)
+                self.release_traffic_buffers(&mut conn);
+                released_for = Some(last_frame);
+            }
+            let quiet_since =
+                (released_for != Some(last_frame) && conn.in_flight() == 0).then_some(last_frame);
             let wake = [
                 conn.poll_timeout().map(Instant::from_std),
                 drain_wake,
-                (pending > 0).then(|| write_progress + write_timeout),
+                (pending > 0 && write_blocked).then(|| write_progress + write_timeout),
+                quiet_since.map(|t| t + IDLE_RELEASE),
             ]
             .into_iter()
             .flatten()
             .min();
-            if let Some(w) = wake.filter(|&w| armed.is_none_or(|a| w < a)) {
-                timer.as_mut().reset(w);
-                armed = Some(w);
+            match wake {
+                None => {
+                    timer = None;
+                    armed = None;
+                }
+                Some(w) if armed.is_none_or(|a| w < a) => {
+                    match &mut timer {
+                        Some(t) => t.as_mut().reset(w),
+                        None => timer = Some(Box::pin(tokio::time::sleep_until(w))),
+                    }
+                    armed = Some(w);
+                }
+                Some(_) => {}
             }
             // The shutdown signal is polled last (polling it takes the token's lock), so only
             // when nothing else is ready; every 64 turns it is checked, so a connection that is
@@ -403,12 +474,16 @@ where
             tokio::select! {
                 biased;
                 // outcomes wait while the write buffer is full: their ACKs would pile up past it
-                Some((id, outcome)) = recv(&mut self.spawned), if below_high_water && self.spawned.is_some() => {
-                    self.ack(&mut conn, id, outcome, Instant::now());
+                ev = poll_fn(|cx| poll_tasks(&mut self.spawned, cx, below_high_water)), if self.spawned.is_some() => {
+                    if let FromTasks::Outcome(id, outcome) = ev {
+                        self.ack(&mut conn, id, outcome, Instant::now());
+                    }
                 }
-                ev = poll_fn(|cx| poll_io(io.as_mut(), cx, conn.outgoing(), &mut rbuf, can_read)) => match ev {
+                ev = poll_fn(|cx| poll_io(io.as_mut(), cx, conn.outgoing(), &mut rbuf, can_read, &mut write_blocked)) => match ev {
+                    // the write timeout starts
+                    IoEvent::WriteBlocked => {}
                     IoEvent::Wrote(Ok(n)) if n > 0 => {
-                        self.counters.bytes_out(n);
+                        self.shared.metrics.local(|c| c.bytes_out(n));
                         wrote = true;
                         // nothing waited but the write: the batch's clock is still good
                         clock = Some(now);
@@ -419,20 +494,22 @@ where
                         conn.handle_eof(Instant::now().into_std());
                     }
                     IoEvent::Read(Ok(0)) => conn.handle_eof(Instant::now().into_std()),
-                    IoEvent::Read(Ok(n)) => self.counters.bytes_in(n),
+                    IoEvent::Read(Ok(n)) => self.shared.metrics.local(|c| c.bytes_in(n)),
                     IoEvent::Read(Err(e)) => {
                         debug!(error = %e, "read failed");
                         conn.handle_eof(Instant::now().into_std());
                     }
                 },
-                // reap finished handler tasks (late ones report nothing)
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                () = &mut timer, if armed.is_some() => {
+                () = poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if armed.is_some() => {
                     armed = None;
                     let now = Instant::now();
                     conn.handle_timeout(now.into_std());
                     if !conn.outgoing().is_empty() && now >= write_progress + write_timeout {
                         self.write_timed_out(&mut conn, write_timeout, now);
+                    }
+                    if quiet_since.is_some_and(|t| now >= t + IDLE_RELEASE) {
+                        self.release_traffic_buffers(&mut conn);
+                        released_for = Some(last_frame);
                     }
                 }
                 () = &mut cancelled, if draining.is_none() => {
@@ -442,6 +519,14 @@ where
                 }
             }
         }
+    }
+
+    /// Frees what the connection keeps for traffic: the state machine's queues, the handler
+    /// box, the ACK buffer. The next NOTIFY allocates them again.
+    fn release_traffic_buffers(&mut self, conn: &mut AgentConnection) {
+        conn.release_buffers();
+        self.slot = None;
+        self.spare_actions = Actions::new();
     }
 
     fn write_timed_out(
@@ -513,7 +598,7 @@ where
                 }
             }
             Event::Notify(notify) => {
-                self.counters.notify();
+                self.shared.metrics.local(Hot::notify);
                 let id = notify.id();
                 if let Some(outcome) = self.start_handler(notify, now) {
                     self.ack(conn, id, outcome, now);
@@ -582,6 +667,7 @@ where
         let spawned = self.spawned.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
             Spawned {
+                tasks: JoinSet::new(),
                 tx,
                 rx,
                 late: Arc::new(Semaphore::new(max_late)),
@@ -596,7 +682,8 @@ where
             tx: spawned.tx.clone(),
             shared: self.shared.clone(),
         };
-        self.tasks
+        spawned
+            .tasks
             .spawn(task.run(fut, permit, queued).instrument(span));
         None
     }
@@ -633,7 +720,7 @@ where
         };
         let std_now = now.into_std();
         match conn.send_ack(std_now, id, &actions) {
-            Ok(()) => self.counters.ack(),
+            Ok(()) => self.shared.metrics.local(Hot::ack),
             Err(AckError::FrameTooLarge { len, max }) if reason.is_none() => {
                 metrics.ack_too_large();
                 self.log_failure(id, FallbackReason::TooLarge, None, now);
@@ -642,7 +729,7 @@ where
                     .send_ack(std_now, id, &self.fallback(FallbackReason::TooLarge))
                     .is_ok()
                 {
-                    self.counters.ack();
+                    self.shared.metrics.local(Hot::ack);
                 }
             }
             // closed or draining past the deadline: HAProxy has given up on it
@@ -716,18 +803,18 @@ where
         conn: &mut AgentConnection,
         why: &ConnectionError,
     ) {
-        if !self.tasks.is_empty() {
+        if let Some(s) = self.spawned.as_mut().filter(|s| !s.tasks.is_empty()) {
             // handlers still running (late ones included) lose their connection
-            let n = self.tasks.len();
-            self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
+            let n = s.tasks.len();
+            s.tasks.abort_all();
+            while s.tasks.join_next().await.is_some() {}
             debug!(tasks = n, "handler tasks cancelled with the connection");
         }
         let out = conn.outgoing();
         if !out.is_empty() && !self.write_stalled {
             let n = out.len();
             if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, io.write_all_buf(out)).await {
-                self.counters.bytes_out(n);
+                self.shared.metrics.local(|c| c.bytes_out(n));
             }
         }
         if !self.write_stalled {

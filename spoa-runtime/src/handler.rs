@@ -30,8 +30,8 @@ pub struct ConnInfo {
     pub max_frame_size: u32,
     /// Whether pipelining is in use.
     pub pipelining: bool,
-    /// The server's background tasks, behind this connection's own `Arc` (see
-    /// [`Request::background`]): one reference count per request instead of two.
+    /// The server's background tasks (see [`Request::background`]): held here, a request
+    /// reaches them through its one reference to the connection.
     pub(crate) background: Background,
 }
 

@@ -1,10 +1,11 @@
 //! Counters and a handler-latency histogram, lock-free, with a Prometheus text rendering.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 #[cfg(feature = "prometheus")]
 use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use spop_proto::StatusCode;
@@ -20,25 +21,28 @@ const STATUS_SLOTS: usize = 16;
 /// Runtime metrics, shared by every connection of a server. Read them with
 /// [`Metrics::snapshot`] or [`Metrics::render_prometheus`].
 ///
-/// The counters a NOTIFY moves (NOTIFYs, ACKs, bytes, handler latency) are kept per
-/// connection, written by that connection's task alone, and summed when read: the per-request
-/// path writes no memory that another connection (or worker thread) writes. The rare ones
-/// (errors, timeouts, disconnects...) are shared atomics.
+/// The counters a NOTIFY moves (NOTIFYs, ACKs, bytes, handler latency) are kept per worker
+/// thread, written by that thread alone, and summed when read: the per-request path writes no
+/// memory that another worker writes, and a connection holds no counters of its own. The rare
+/// ones (errors, timeouts, disconnects...) are shared atomics.
 ///
 /// ```
 /// let metrics = spoa_runtime::Metrics::default();
 /// assert_eq!(metrics.snapshot().notifies, 0);
 /// assert!(metrics.render_prometheus().contains("spoa_notifies_total 0"));
 /// ```
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Metrics {
+    /// Tells this instance's per-thread counters from another's.
+    id: u64,
     connections_accepted: AtomicU64,
     connections_active: AtomicU64,
     health_checks: AtomicU64,
-    /// Counts of closed connections, and of handlers timed on their own tasks.
+    /// Counts made where no per-thread counters could be (handlers timed on their own
+    /// tasks, threads being torn down).
     hot: Hot,
-    /// The open connections' own counters.
-    live: Mutex<Registry>,
+    /// Each worker thread's counters.
+    shards: Mutex<Vec<Arc<Hot>>>,
     handler_errors: AtomicU64,
     handler_panics: AtomicU64,
     handler_timeouts: AtomicU64,
@@ -81,14 +85,7 @@ struct HotValues {
     latency_sum_ns: u64,
 }
 
-/// Open connections' counters, in reusable slots.
-#[derive(Debug, Default)]
-struct Registry {
-    slots: Vec<Option<Arc<Hot>>>,
-    free: Vec<usize>,
-}
-
-/// Adds `n` to a counter that only one task writes: a plain load and store, no locked
+/// Adds `n` to a counter that only one thread writes: a plain load and store, no locked
 /// read-modify-write. Readers may see it a moment late, never torn.
 #[inline]
 fn bump(a: &AtomicU64, n: u64) {
@@ -117,7 +114,7 @@ impl Hot {
         v.latency_sum_ns += self.latency_sum_ns.load(Relaxed);
     }
 
-    /// Adds a closed connection's counts (shared: a locked add).
+    /// Adds counts made apart (shared: locked adds).
     fn absorb(&self, o: &Self) {
         self.bytes_in.fetch_add(o.bytes_in.load(Relaxed), Relaxed);
         self.bytes_out.fetch_add(o.bytes_out.load(Relaxed), Relaxed);
@@ -131,59 +128,77 @@ impl Hot {
         self.latency_sum_ns
             .fetch_add(o.latency_sum_ns.load(Relaxed), Relaxed);
     }
-}
 
-/// One connection's counters, registered with its server's [`Metrics`] while it is open and
-/// folded into the totals when dropped. Only the connection's own task writes them.
-#[derive(Debug)]
-pub(crate) struct ConnCounters {
-    hot: Arc<Hot>,
-    slot: usize,
-    metrics: Arc<Metrics>,
-}
-
-impl ConnCounters {
     #[inline]
     pub(crate) fn bytes_in(&self, n: usize) {
-        bump(&self.hot.bytes_in, n as u64);
+        bump(&self.bytes_in, n as u64);
     }
 
     #[inline]
     pub(crate) fn bytes_out(&self, n: usize) {
-        bump(&self.hot.bytes_out, n as u64);
+        bump(&self.bytes_out, n as u64);
     }
 
     #[inline]
     pub(crate) fn notify(&self) {
-        bump(&self.hot.notifies, 1);
+        bump(&self.notifies, 1);
     }
 
     #[inline]
     pub(crate) fn ack(&self) {
-        bump(&self.hot.acks, 1);
+        bump(&self.acks, 1);
     }
 
     /// Records `n` handlers that each took `d` (the handlers of one batch, timed together).
     pub(crate) fn handler_latency(&self, d: Duration, n: u64) {
         if let Some(i) = bucket(d) {
-            bump(&self.hot.latency_buckets[i], n);
+            bump(&self.latency_buckets[i], n);
         }
-        bump(&self.hot.latency_count, n);
-        bump(&self.hot.latency_sum_ns, nanos(d).saturating_mul(n));
+        bump(&self.latency_count, n);
+        bump(&self.latency_sum_ns, nanos(d).saturating_mul(n));
     }
 }
 
-impl Drop for ConnCounters {
-    fn drop(&mut self) {
-        let mut live = self
-            .metrics
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // under the lock: a snapshot sees these counts either here or in the totals, once
-        self.metrics.hot.absorb(&self.hot);
-        live.slots[self.slot] = None;
-        live.free.push(self.slot);
+/// One thread's counters of one [`Metrics`].
+struct Shard {
+    metrics_id: u64,
+    metrics: Weak<Metrics>,
+    hot: Arc<Hot>,
+}
+
+thread_local! {
+    /// This thread's counters, per `Metrics` it has counted for (usually one server).
+    static SHARDS: RefCell<Vec<Shard>> = const { RefCell::new(Vec::new()) };
+}
+
+static NEXT_METRICS_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            id: NEXT_METRICS_ID.fetch_add(1, Relaxed),
+            connections_accepted: AtomicU64::default(),
+            connections_active: AtomicU64::default(),
+            health_checks: AtomicU64::default(),
+            hot: Hot::default(),
+            shards: Mutex::default(),
+            handler_errors: AtomicU64::default(),
+            handler_panics: AtomicU64::default(),
+            handler_timeouts: AtomicU64::default(),
+            handler_overloads: AtomicU64::default(),
+            acks_too_large: AtomicU64::default(),
+            handler_late: AtomicU64::default(),
+            handler_cancelled: AtomicU64::default(),
+            background_spawned: AtomicU64::default(),
+            background_refused: AtomicU64::default(),
+            background_panics: AtomicU64::default(),
+            background_active: AtomicU64::default(),
+            write_timeouts: AtomicU64::default(),
+            hook_panics: AtomicU64::default(),
+            disconnects: Default::default(),
+            disconnects_other: AtomicU64::default(),
+            peer_closes: AtomicU64::default(),
+        }
     }
 }
 
@@ -259,34 +274,51 @@ impl Metrics {
         self.health_checks.fetch_add(1, Relaxed);
     }
 
-    /// Registers a connection's own counters.
-    pub(crate) fn register(self: &Arc<Self>) -> ConnCounters {
-        let hot = Arc::new(Hot::default());
-        let mut live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
-        let slot = match live.free.pop() {
-            Some(i) => {
-                live.slots[i] = Some(hot.clone());
-                i
+    /// Runs `f` on the calling thread's counters (registered at the thread's first use); on
+    /// a thread being torn down, on the shared ones, with locked adds.
+    #[inline]
+    pub(crate) fn local<R>(self: &Arc<Self>, f: impl FnOnce(&Hot) -> R) -> R {
+        let mut f = Some(f);
+        let done = SHARDS.try_with(|shards| {
+            let mut shards = shards.borrow_mut();
+            let i = match shards.iter().position(|s| s.metrics_id == self.id) {
+                Some(i) => i,
+                None => {
+                    let hot = Arc::new(Hot::default());
+                    self.shards
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(hot.clone());
+                    // forget the counters of servers that are gone
+                    shards.retain(|s| s.metrics.strong_count() > 0);
+                    shards.push(Shard {
+                        metrics_id: self.id,
+                        metrics: Arc::downgrade(self),
+                        hot,
+                    });
+                    shards.len() - 1
+                }
+            };
+            f.take().map(|f| f(&shards[i].hot))
+        });
+        match done {
+            Ok(Some(r)) => r,
+            _ => {
+                let f = f.take().expect("not called");
+                let shared = Hot::default();
+                let r = f(&shared);
+                self.hot.absorb(&shared);
+                r
             }
-            None => {
-                live.slots.push(Some(hot.clone()));
-                live.slots.len() - 1
-            }
-        };
-        drop(live);
-        ConnCounters {
-            hot,
-            slot,
-            metrics: self.clone(),
         }
     }
 
-    /// The hot counters: closed connections plus open ones.
+    /// The hot counters, summed over threads.
     fn hot_totals(&self) -> HotValues {
         let mut v = HotValues::default();
-        let live = self.live.lock().unwrap_or_else(PoisonError::into_inner);
+        let shards = self.shards.lock().unwrap_or_else(PoisonError::into_inner);
         self.hot.add_to(&mut v);
-        for h in live.slots.iter().flatten() {
+        for h in shards.iter() {
             h.add_to(&mut v);
         }
         v

@@ -240,10 +240,7 @@ impl Server {
             let handler = handler.clone();
             let shared = self.shared.clone();
             let token = cancel.child_token();
-            conns.spawn(async move {
-                let _permit = permit;
-                drive(io, peer, handler, shared, token).await;
-            });
+            conns.spawn(drive(io, peer, handler, shared, token, permit));
         }
         drop(listener);
         if let (Some(until), true) = (lame_until, release_port) {
@@ -313,9 +310,9 @@ async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
     }
 }
 
-fn reaped(res: Result<(), tokio::task::JoinError>) {
+fn reaped<T>(res: Result<T, tokio::task::JoinError>) {
     match res {
-        Ok(()) => {}
+        Ok(_) => {}
         Err(e) if e.is_panic() => error!("a connection task panicked (a bug in spoa-runtime)"),
         Err(e) => debug!(error = %e, "connection task ended"),
     }

@@ -11,7 +11,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -28,6 +28,8 @@ struct Counting;
 
 thread_local! {
     static COUNTER: Cell<Option<&'static AtomicU64>> = const { Cell::new(None) };
+    /// Bytes allocated minus bytes freed on this thread, where counted.
+    static LIVE: Cell<Option<&'static AtomicI64>> = const { Cell::new(None) };
 }
 
 fn count() {
@@ -36,28 +38,38 @@ fn count() {
     }
 }
 
+fn live(delta: i64) {
+    if let Some(l) = LIVE.with(Cell::get) {
+        l.fetch_add(delta, Ordering::Relaxed);
+    }
+}
+
 // SAFETY: every method forwards to the system allocator with the caller's arguments; the
 // counter is a side effect that allocates nothing.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
+        live(layout.size() as i64);
         // SAFETY: forwarded as is
         unsafe { System.alloc(layout) }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count();
+        live(layout.size() as i64);
         // SAFETY: forwarded as is
         unsafe { System.alloc_zeroed(layout) }
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count();
+        live(new_size as i64 - layout.size() as i64);
         // SAFETY: forwarded as is
         unsafe { System.realloc(ptr, layout, new_size) }
     }
 
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as i64));
         // SAFETY: forwarded as is
         unsafe { System.dealloc(ptr, layout) }
     }
@@ -68,6 +80,21 @@ static GLOBAL: Counting = Counting;
 
 const BATCH: u64 = 16;
 
+/// Runs `body` with `listener` on a single-threaded runtime on the calling thread.
+fn on_own_runtime<F: std::future::Future<Output = ()>>(
+    listener: std::net::TcpListener,
+    body: impl FnOnce(TcpListener) -> F,
+) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async move {
+        listener.set_nonblocking(true).expect("nonblocking");
+        body(TcpListener::from_std(listener).expect("listener")).await;
+    });
+}
+
 /// Starts an agent thread serving one connection with `handler`; returns its address and
 /// the counter of the allocations its thread makes once the connection is accepted.
 fn agent<H: spoa_runtime::Handler>(handler: H) -> (SocketAddr, &'static AtomicU64) {
@@ -75,13 +102,7 @@ fn agent<H: spoa_runtime::Handler>(handler: H) -> (SocketAddr, &'static AtomicU6
     let addr = std_listener.local_addr().expect("local_addr");
     let allocations: &'static AtomicU64 = Box::leak(Box::new(AtomicU64::new(0)));
     std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            std_listener.set_nonblocking(true).expect("nonblocking");
-            let listener = TcpListener::from_std(std_listener).expect("listener");
+        on_own_runtime(std_listener, |listener| async move {
             let server = Server::builder().build().expect("server");
             let (stream, peer) = listener.accept().await.expect("accept");
             stream.set_nodelay(true).expect("nodelay");
@@ -193,4 +214,89 @@ async fn inline_handler_with_an_empty_ack_allocates_nothing() {
     let per_notify = allocations_per_notify(agent).await;
     println!("allocations per NOTIFY (empty, padded ACK): {per_notify}");
     assert_eq!(per_notify, 0.0, "allocations per NOTIFY");
+}
+
+/// The heap an idle connection holds: 1,000 connections past their handshake, each having
+/// answered one NOTIFY, then quiet for longer than the runtime's idle release (1 s). Counted
+/// on the agent's thread: bytes allocated minus bytes freed, divided by the connections (the
+/// kernel's socket buffers are not on this heap; malloc's own overhead is not counted).
+#[tokio::test]
+async fn idle_connection_heap() {
+    const CONNS: usize = 1000;
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = std_listener.local_addr().expect("local_addr");
+    let bytes: &'static AtomicI64 = Box::leak(Box::new(AtomicI64::new(0)));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let agent = std::thread::spawn(move || {
+        on_own_runtime(std_listener, |listener| async move {
+            let server = Server::builder()
+                .lame_duck(Duration::ZERO)
+                .build()
+                .expect("server");
+            LIVE.with(|c| c.set(Some(bytes)));
+            let handler = handler_fn(|mut req: Request| async move {
+                let mut actions = req.actions();
+                actions.set_var(Scope::Transaction, "seen", true);
+                Ok::<_, std::convert::Infallible>(actions)
+            });
+            server
+                .serve(listener, handler, async {
+                    let _ = stop_rx.await;
+                })
+                .await;
+        });
+    });
+    // one connection first: the server's own allocations are not per-connection costs
+    let mut conns = Vec::new();
+    let mut rbuf = BytesMut::with_capacity(1024);
+    async fn connect(addr: SocketAddr) -> TcpStream {
+        let mut io = TcpStream::connect(addr).await.expect("connect");
+        let mut wbuf = BytesMut::new();
+        HaproxyHello::new(16380, "pipelining").encode(&mut wbuf);
+        Notify::builder(NotifyId::new(1, 1))
+            .message("m")
+            .build()
+            .encode(&mut wbuf);
+        io.write_all(&wbuf).await.expect("write");
+        io
+    }
+    conns.push(connect(addr).await);
+    async fn answered(io: &mut TcpStream, rbuf: &mut BytesMut) {
+        let mut decoder = FrameDecoder::new(1 << 16);
+        let mut frames = 0;
+        rbuf.clear();
+        while frames < 2 {
+            match decoder.decode(rbuf).expect("a valid frame") {
+                Some(_) => frames += 1,
+                None => {
+                    let n = tokio::time::timeout(Duration::from_secs(5), io.read_buf(rbuf))
+                        .await
+                        .expect("AGENT-HELLO and ACK within 5 s")
+                        .expect("read");
+                    assert!(n > 0, "the agent closed the connection");
+                }
+            }
+        }
+    }
+    answered(&mut conns[0], &mut rbuf).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = bytes.load(Ordering::Relaxed);
+    for _ in 0..CONNS {
+        conns.push(connect(addr).await);
+    }
+    for io in &mut conns[1..] {
+        answered(io, &mut rbuf).await;
+    }
+    // past the idle release
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let after = bytes.load(Ordering::Relaxed);
+    let per_conn = (after - before) as f64 / CONNS as f64;
+    println!("heap per idle connection (after one NOTIFY): {per_conn:.0} bytes");
+    drop(conns);
+    let _ = stop_tx.send(());
+    agent.join().expect("agent thread");
+    assert!(
+        per_conn <= 2048.0,
+        "an idle connection holds {per_conn:.0} bytes of heap (bound: 2048)"
+    );
 }

@@ -195,7 +195,8 @@ pub struct AgentConnection {
     events: VecDeque<Event>,
     hello_deadline: Option<Instant>,
     idle_deadline: Option<Instant>,
-    reassembly: Option<Reassembly>,
+    /// Boxed: fragmented NOTIFYs are rare, and idle connections should be small.
+    reassembly: Option<Box<Reassembly>>,
     partial: bool,
     refuse_health_checks: bool,
 }
@@ -450,6 +451,38 @@ impl AgentConnection {
         &mut self.out
     }
 
+    /// Frees the memory kept for traffic (the event queue, the in-flight table, the output
+    /// buffer) where it is empty, for connections that went quiet: thousands of idle
+    /// connections then hold almost nothing. The next frames allocate it again, so call it
+    /// after a quiet period, not after every batch.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Instant};
+    /// use bytes::BytesMut;
+    /// use spop_proto::{AgentConfig, AgentConnection, frame::HaproxyHello};
+    ///
+    /// let now = Instant::now();
+    /// let mut conn = AgentConnection::new(Arc::new(AgentConfig::default()), now);
+    /// let mut rbuf = BytesMut::new();
+    /// HaproxyHello::new(16380, "pipelining").encode(&mut rbuf);
+    /// conn.handle_read(now, &mut rbuf);
+    /// while conn.poll_event().is_some() {}
+    /// conn.poll_transmit(&mut BytesMut::new());
+    /// conn.release_buffers();
+    /// assert_eq!(conn.outgoing().capacity(), 0);
+    /// ```
+    pub fn release_buffers(&mut self) {
+        if self.events.is_empty() {
+            self.events = VecDeque::new();
+        }
+        if self.in_flight.is_empty() {
+            self.in_flight = VecDeque::new();
+        }
+        if self.out.is_empty() {
+            self.out = BytesMut::new();
+        }
+    }
+
     /// The next instant at which [`handle_timeout`](Self::handle_timeout) must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
@@ -594,7 +627,7 @@ impl AgentConnection {
                     self.check_reassembly_size(frame.payload.len())?;
                     let mut buf = BytesMut::with_capacity(frame.payload.len() * 2);
                     buf.put_slice(&frame.payload);
-                    self.reassembly = Some(Reassembly { id: h.id(), buf });
+                    self.reassembly = Some(Box::new(Reassembly { id: h.id(), buf }));
                     return Ok(());
                 }
                 let notify = Notify::parse(h.id(), frame.payload)?;
