@@ -9,6 +9,7 @@
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
+use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -81,7 +82,7 @@ static GLOBAL: Counting = Counting;
 const BATCH: u64 = 16;
 
 /// Runs `body` with `listener` on a single-threaded runtime on the calling thread.
-fn on_own_runtime<F: std::future::Future<Output = ()>>(
+fn on_own_runtime<F: Future<Output = ()>>(
     listener: std::net::TcpListener,
     body: impl FnOnce(TcpListener) -> F,
 ) {
