@@ -191,12 +191,24 @@ impl FrameHeader {
 
     /// Appends the header (not the length prefix) to `dst`.
     pub fn encode<B: BufMut + ?Sized>(&self, dst: &mut B) {
-        dst.put_u8(self.frame_type.0);
-        dst.put_u32(self.flags.0);
-        varint::put(dst, self.stream_id);
-        varint::put(dst, self.frame_id);
+        let mut b = [0u8; HEADER_MAX];
+        let n = self.write(&mut b);
+        dst.put_slice(&b[..n]);
+    }
+
+    /// Writes the header at the start of `out` (at least [`HEADER_MAX`] bytes); returns its
+    /// length. One copy into the destination instead of four bounds-checked pushes.
+    #[inline]
+    fn write(&self, out: &mut [u8]) -> usize {
+        out[0] = self.frame_type.0;
+        out[1..5].copy_from_slice(&self.flags.0.to_be_bytes());
+        let n = 5 + varint::write(&mut out[5..], self.stream_id);
+        n + varint::write(&mut out[n..], self.frame_id)
     }
 }
+
+/// The longest frame header: type, flags and two ten-byte varints.
+const HEADER_MAX: usize = 1 + 4 + 2 * varint::MAX_LEN;
 
 fn header(i: &[u8]) -> parse::PResult<'_, FrameHeader> {
     let (i, t) = parse::byte("frame header")(i)?;
@@ -227,8 +239,10 @@ fn header(i: &[u8]) -> parse::PResult<'_, FrameHeader> {
 /// If the frame would exceed `u32::MAX` bytes.
 pub fn encode_frame(dst: &mut BytesMut, header: FrameHeader, payload: impl FnOnce(&mut BytesMut)) {
     let start = dst.len();
-    dst.put_u32(0);
-    header.encode(dst);
+    // the length prefix (patched below) and the header in one copy
+    let mut b = [0u8; 4 + HEADER_MAX];
+    let n = header.write(&mut b[4..]);
+    dst.put_slice(&b[..4 + n]);
     payload(dst);
     let len = u32::try_from(dst.len() - start - 4).expect("frame larger than u32::MAX");
     dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
