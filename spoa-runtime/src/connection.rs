@@ -40,7 +40,6 @@ use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
 use crate::config::FallbackReason;
 use crate::handler::{BoxError, ConnInfo, Handler, Request};
-use crate::metrics::Hot;
 use crate::server::{Server, Shared};
 use crate::unwind::{CatchUnwind, Panicked};
 
@@ -204,6 +203,8 @@ struct Driver<H, Mk, F> {
     spare_actions: Actions,
     /// Handlers completed inline since the last timing.
     inline_done: u64,
+    /// Counts not yet added to the worker thread's counters (once per loop turn).
+    counts: Counts,
     established: bool,
     /// Made at the first handler that has to wait: connections whose handlers all complete
     /// inline (and idle ones) never allocate it.
@@ -250,6 +251,34 @@ fn poll_tasks(
         }
     }
     Poll::Pending
+}
+
+/// What a connection counted since its last turn.
+#[derive(Debug, Default)]
+struct Counts {
+    notifies: u64,
+    acks: u64,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// The handlers of the last batch that completed inline, and how long it took.
+    inline: Option<(Duration, u64)>,
+}
+
+impl Counts {
+    /// Adds the counts to the calling thread's counters, and starts again from zero.
+    fn flush(&mut self, metrics: &Arc<crate::Metrics>) {
+        if self.notifies | self.acks | self.bytes_in | self.bytes_out == 0 && self.inline.is_none()
+        {
+            return;
+        }
+        let c = std::mem::take(self);
+        metrics.local(|hot| {
+            hot.add(c.notifies, c.acks, c.bytes_in, c.bytes_out);
+            if let Some((d, n)) = c.inline {
+                hot.handler_latency(d, n);
+            }
+        });
+    }
 }
 
 /// What the socket did.
@@ -324,6 +353,7 @@ where
             info: Arc::new(info),
             spare_actions: Actions::new(),
             inline_done: 0,
+            counts: Counts::default(),
             established: false,
             spawned: None,
             write_stalled: false,
@@ -383,9 +413,7 @@ where
                 // the handlers of this batch, timed together: arrival to ACK queued
                 now = Instant::now();
                 let n = std::mem::take(&mut self.inline_done);
-                self.shared
-                    .metrics
-                    .local(|c| c.handler_latency(now - batch, n));
+                self.counts.inline = Some((now - batch, n));
             }
             if let Some(why) = closed {
                 // boxed: the closing path is cold, and its timers would otherwise enlarge every idle
@@ -464,6 +492,7 @@ where
             // The shutdown signal is polled last (polling it takes the token's lock), so only
             // when nothing else is ready; every 64 turns it is checked, so a connection that is
             // always busy still notices it.
+            self.counts.flush(&self.shared.metrics);
             turns = turns.wrapping_add(1);
             if draining.is_none() && turns % 64 == 0 && cancel.is_cancelled() {
                 debug!(in_flight = conn.in_flight(), "draining");
@@ -483,7 +512,7 @@ where
                     // the write timeout starts
                     IoEvent::WriteBlocked => {}
                     IoEvent::Wrote(Ok(n)) if n > 0 => {
-                        self.shared.metrics.local(|c| c.bytes_out(n));
+                        self.counts.bytes_out += n as u64;
                         wrote = true;
                         // nothing waited but the write: the batch's clock is still good
                         clock = Some(now);
@@ -494,7 +523,7 @@ where
                         conn.handle_eof(Instant::now().into_std());
                     }
                     IoEvent::Read(Ok(0)) => conn.handle_eof(Instant::now().into_std()),
-                    IoEvent::Read(Ok(n)) => self.shared.metrics.local(|c| c.bytes_in(n)),
+                    IoEvent::Read(Ok(n)) => self.counts.bytes_in += n as u64,
                     IoEvent::Read(Err(e)) => {
                         debug!(error = %e, "read failed");
                         conn.handle_eof(Instant::now().into_std());
@@ -598,7 +627,7 @@ where
                 }
             }
             Event::Notify(notify) => {
-                self.shared.metrics.local(Hot::notify);
+                self.counts.notifies += 1;
                 let id = notify.id();
                 if let Some(outcome) = self.start_handler(notify, now) {
                     self.ack(conn, id, outcome, now);
@@ -720,7 +749,7 @@ where
         };
         let std_now = now.into_std();
         match conn.send_ack(std_now, id, &actions) {
-            Ok(()) => self.shared.metrics.local(Hot::ack),
+            Ok(()) => self.counts.acks += 1,
             Err(AckError::FrameTooLarge { len, max }) if reason.is_none() => {
                 metrics.ack_too_large();
                 self.log_failure(id, FallbackReason::TooLarge, None, now);
@@ -729,7 +758,7 @@ where
                     .send_ack(std_now, id, &self.fallback(FallbackReason::TooLarge))
                     .is_ok()
                 {
-                    self.shared.metrics.local(Hot::ack);
+                    self.counts.acks += 1;
                 }
             }
             // closed or draining past the deadline: HAProxy has given up on it
@@ -814,9 +843,10 @@ where
         if !out.is_empty() && !self.write_stalled {
             let n = out.len();
             if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, io.write_all_buf(out)).await {
-                self.shared.metrics.local(|c| c.bytes_out(n));
+                self.counts.bytes_out += n as u64;
             }
         }
+        self.counts.flush(&self.shared.metrics);
         if !self.write_stalled {
             let _ = tokio::time::timeout(FINAL_FLUSH, io.shutdown()).await;
         }

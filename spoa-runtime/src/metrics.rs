@@ -129,24 +129,13 @@ impl Hot {
             .fetch_add(o.latency_sum_ns.load(Relaxed), Relaxed);
     }
 
+    /// Adds a connection's counts of one loop turn.
     #[inline]
-    pub(crate) fn bytes_in(&self, n: usize) {
-        bump(&self.bytes_in, n as u64);
-    }
-
-    #[inline]
-    pub(crate) fn bytes_out(&self, n: usize) {
-        bump(&self.bytes_out, n as u64);
-    }
-
-    #[inline]
-    pub(crate) fn notify(&self) {
-        bump(&self.notifies, 1);
-    }
-
-    #[inline]
-    pub(crate) fn ack(&self) {
-        bump(&self.acks, 1);
+    pub(crate) fn add(&self, notifies: u64, acks: u64, bytes_in: u64, bytes_out: u64) {
+        bump(&self.notifies, notifies);
+        bump(&self.acks, acks);
+        bump(&self.bytes_in, bytes_in);
+        bump(&self.bytes_out, bytes_out);
     }
 
     /// Records `n` handlers that each took `d` (the handlers of one batch, timed together).
