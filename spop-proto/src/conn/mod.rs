@@ -333,8 +333,14 @@ impl AgentConnection {
             (State::AwaitingHello, _) | (_, None) => return Err(AckError::NotEstablished),
             (_, Some(n)) => n.max_frame_size,
         };
-        let Some(at) = self.in_flight.iter().position(|&i| i == id) else {
-            return Err(AckError::UnknownNotify(id));
+        // ACKs mostly come in arrival order: the front first
+        let at = if self.in_flight.front() == Some(&id) {
+            0
+        } else {
+            match self.in_flight.iter().position(|&i| i == id) {
+                Some(at) => at,
+                None => return Err(AckError::UnknownNotify(id)),
+            }
         };
         let pad = actions.is_empty() && self.config.pad_empty_ack;
         let pad_len = if pad { PAD_ACTION.len() } else { 0 };
@@ -342,7 +348,11 @@ impl AgentConnection {
         if len > max as usize {
             return Err(AckError::FrameTooLarge { len, max });
         }
-        self.in_flight.remove(at);
+        if at == 0 {
+            self.in_flight.pop_front();
+        } else {
+            self.in_flight.remove(at);
+        }
         if pad {
             let hdr = FrameHeader::new(FrameType::ACK, FrameFlags::FIN, id.stream_id, id.frame_id);
             encode_frame(&mut self.out, hdr, |b| b.extend_from_slice(&PAD_ACTION));
