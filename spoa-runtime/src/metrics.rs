@@ -599,7 +599,7 @@ impl Metrics {
 #[cfg(feature = "prometheus")]
 pub async fn serve_prometheus(
     listener: tokio::net::TcpListener,
-    metrics: std::sync::Arc<Metrics>,
+    metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<()> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
