@@ -2,6 +2,8 @@
 //! lookup, typed extraction of three arguments (`Message::get`, and `Message::deserialize`
 //! with `--features serde`), a 20-header `req.hdrs_bin` block (validate, iterate, two
 //! lookups), and ACK encoding, with a `memcpy` of the same NOTIFY frame as the baseline.
+//! The `notify_decode_walk/baseline_*` benches run the hand-written decoder the library used
+//! before its grammar moved to nom (`benches/baseline/`), on the same frame, in the same run.
 //!
 //! Before criterion runs, every benchmarked operation is run 10 000 times under a counting
 //! global allocator and the allocations per operation are printed; the NOTIFY decode paths
@@ -14,6 +16,8 @@
 // The counting allocator needs `unsafe impl GlobalAlloc`; the workspace lint is `deny`, not
 // `forbid`, so that this bench (and only this bench) may allow it.
 #![allow(unsafe_code)]
+
+mod baseline;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -195,6 +199,49 @@ fn op_walk_bytes(payload: &Bytes) -> usize {
     walk(notify.messages())
 }
 
+/// Touches every message and argument of the baseline decoder, like [`walk`].
+#[inline]
+fn walk_baseline<'a>(messages: impl Iterator<Item = baseline::Message<'a>>) -> usize {
+    let mut n = 0;
+    for m in messages {
+        black_box(m.name());
+        for a in m.args() {
+            black_box(a.name);
+            black_box(a.value);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// [`op_walk_slice`] with the hand-written decoder the library used before nom.
+#[inline]
+fn op_baseline_walk_slice(frame: &[u8]) -> usize {
+    let (hdr, payload, _) = baseline::split_frame(black_box(frame), MAX_FRAME)
+        .unwrap()
+        .unwrap();
+    assert!(hdr.frame_type == FrameType::NOTIFY && hdr.flags.is_fin());
+    walk_baseline(baseline::validate(payload).unwrap())
+}
+
+/// [`op_walk_decoder`] with the hand-written decoder the library used before nom.
+#[inline]
+fn op_baseline_walk_decoder(frame: &[u8], rbuf: &mut BytesMut) -> usize {
+    rbuf.extend_from_slice(black_box(frame));
+    let (hdr, payload) = baseline::decode_frame(rbuf, MAX_FRAME).unwrap().unwrap();
+    assert!(hdr.frame_type == FrameType::NOTIFY && hdr.flags.is_fin());
+    let notify = baseline::Notify::parse(hdr.id(), payload).unwrap();
+    black_box(notify.id());
+    walk_baseline(notify.messages())
+}
+
+/// [`op_walk_bytes`] with the hand-written decoder the library used before nom.
+#[inline]
+fn op_baseline_walk_bytes(payload: &Bytes) -> usize {
+    let notify = baseline::Notify::parse(ID, black_box(payload).clone()).unwrap();
+    walk_baseline(notify.messages())
+}
+
 /// Lookup in an already validated NOTIFY.
 #[inline]
 fn op_lookup(notify: &Notify) -> Option<TypedData<'_>> {
@@ -364,6 +411,9 @@ fn allocation_report() {
     assert_eq!(op_walk_slice(&frame), 5);
     assert_eq!(op_walk_decoder(&frame, &mut dec, &mut rbuf), 5);
     assert_eq!(op_walk_bytes(&payload), 5);
+    assert_eq!(op_baseline_walk_slice(&frame), 5);
+    assert_eq!(op_baseline_walk_decoder(&frame, &mut rbuf), 5);
+    assert_eq!(op_baseline_walk_bytes(&payload), 5);
     assert_eq!(op_lookup(&notify), Some(TypedData::String(HOST.as_bytes())));
     assert_eq!(op_decode_lookup(&frame), HOST.len());
     op_ack_reused(&mut actions, &mut wbuf);
@@ -407,6 +457,27 @@ fn allocation_report() {
             "notify_decode_walk/bytes",
             allocs_per_op(|| {
                 black_box(op_walk_bytes(&payload));
+            }),
+            true,
+        ),
+        (
+            "notify_decode_walk/baseline_slice",
+            allocs_per_op(|| {
+                black_box(op_baseline_walk_slice(&frame));
+            }),
+            true,
+        ),
+        (
+            "notify_decode_walk/baseline_frame_decoder",
+            allocs_per_op(|| {
+                black_box(op_baseline_walk_decoder(&frame, &mut rbuf));
+            }),
+            true,
+        ),
+        (
+            "notify_decode_walk/baseline_bytes",
+            allocs_per_op(|| {
+                black_box(op_baseline_walk_bytes(&payload));
             }),
             true,
         ),
@@ -511,6 +582,16 @@ fn bench_notify(c: &mut Criterion) {
         b.iter(|| op_walk_decoder(&frame, &mut dec, &mut rbuf));
     });
     g.bench_function("bytes", |b| b.iter(|| op_walk_bytes(&payload)));
+    // the hand-written decoder the library used before nom, in the same run
+    g.bench_function("baseline_slice", |b| {
+        b.iter(|| op_baseline_walk_slice(&frame));
+    });
+    g.bench_function("baseline_frame_decoder", |b| {
+        b.iter(|| op_baseline_walk_decoder(&frame, &mut rbuf));
+    });
+    g.bench_function("baseline_bytes", |b| {
+        b.iter(|| op_baseline_walk_bytes(&payload));
+    });
     g.finish();
 
     let mut g = c.benchmark_group("notify_lookup");
