@@ -2,6 +2,10 @@
 //! verbatim (minus what the benches do not call) so that criterion compares the two in the
 //! same run: the length prefix and header split, the validate-once walk over the messages,
 //! and the iterators that step over validated arguments. Not used by the library.
+//!
+//! The entry points that were public and not `#[inline]` in the library (`split_frame`,
+//! `FrameDecoder::decode`, `MessageList::parse`, `Notify::parse`) are `#[inline(never)]`
+//! here: the bench crate must not inline what a crate using the library could not.
 
 use bytes::{Buf, Bytes, BytesMut};
 use std::net::{Ipv4Addr, Ipv6Addr};
@@ -296,7 +300,7 @@ fn next_message(input: &[u8]) -> Option<(&[u8], Message<'_>)> {
 }
 
 /// `MessageList::parse`: validates a whole payload.
-#[inline]
+#[inline(never)]
 pub(crate) fn validate(payload: &[u8]) -> Result<Messages<'_>, DecodeError> {
     let mut rest = payload;
     while !rest.is_empty() {
@@ -339,7 +343,7 @@ pub(crate) struct Notify {
 }
 
 impl Notify {
-    #[inline]
+    #[inline(never)]
     pub(crate) fn parse(id: NotifyId, payload: Bytes) -> Result<Self, DecodeError> {
         validate(&payload)?;
         Ok(Self { id, payload })
@@ -392,7 +396,7 @@ fn check_prefix(buf: &[u8], max_frame_size: u32) -> Result<Option<usize>, Decode
 }
 
 /// `split_frame`.
-#[inline]
+#[inline(never)]
 pub(crate) fn split_frame(
     buf: &[u8],
     max_frame_size: u32,
@@ -410,7 +414,7 @@ pub(crate) fn split_frame(
 }
 
 /// `FrameDecoder::decode`, returning the header and the payload.
-#[inline]
+#[inline(never)]
 pub(crate) fn decode_frame(
     src: &mut BytesMut,
     max_frame_size: u32,
