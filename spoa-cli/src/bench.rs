@@ -318,6 +318,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         0.0
     };
+    #[allow(clippy::cast_precision_loss)] // microseconds for a report
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     #[allow(clippy::cast_precision_loss)]
     let (p50, p90, p99, p999, max, mean) = if hist.is_empty() {

@@ -26,7 +26,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use criterion::{Criterion, Throughput, criterion_group};
+use criterion::{Criterion, Throughput};
 use spop_proto::frame::{FrameDecoder, MessageList, split_frame};
 use spop_proto::{
     Actions, ArgError, FrameType, HeaderBlock, Message, Notify, NotifyId, Scope, TypedData,
@@ -385,6 +385,7 @@ fn op_hdrs(block: &[u8]) -> usize {
 const ALLOC_ITERS: u64 = 10_000;
 
 /// Allocations per call of `f` in steady state (after a short warm-up).
+#[allow(clippy::cast_precision_loss)] // a ratio for a report
 fn allocs_per_op(mut f: impl FnMut()) -> f64 {
     for _ in 0..100 {
         f();
@@ -634,13 +635,13 @@ fn bench_extract(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    bench_baseline,
-    bench_notify,
-    bench_ack,
-    bench_extract
-);
+/// Every criterion group, configured from the command line.
+fn benches(c: &mut Criterion) {
+    bench_baseline(c);
+    bench_notify(c);
+    bench_ack(c);
+    bench_extract(c);
+}
 
 /// `SPOP_BENCH_MIN_OF=1`: instead of criterion, the library's NOTIFY decode paths against the
 /// hand-written baseline, each the best of 30 runs of 20 000 operations, twice. On a shared
@@ -651,6 +652,7 @@ fn min_of_runs() {
     let mut dec = FrameDecoder::new(MAX_FRAME);
     let mut rbuf = BytesMut::with_capacity(4096);
     let mut rbuf2 = BytesMut::with_capacity(4096);
+    #[allow(clippy::cast_precision_loss)] // nanoseconds for a report
     let min_ns = |f: &mut dyn FnMut()| {
         let mut best = f64::MAX;
         for _ in 0..30 {
@@ -698,6 +700,7 @@ fn main() {
         return;
     }
     allocation_report();
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
 }

@@ -103,7 +103,6 @@ pub enum HeaderBlockError {
 
 /// One header of a [`HeaderBlock`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_structs)]
 pub struct Header<'a> {
     /// The name, as HAProxy stores it (lowercase).
     pub name: &'a [u8],

@@ -354,7 +354,10 @@ pub fn scripted() -> impl Handler {
         let sleep_ms = m.arg("sleep_ms").and_then(|v| v.as_u64());
         let flag = |name: &str| m.arg(name).and_then(|v| v.as_bool()) == Some(true);
         let (panic, fail, hang) = (flag("panic"), flag("fail"), flag("hang"));
-        let big = m.arg("big").and_then(|v| v.as_u64()).map(|n| n as usize);
+        let big = m
+            .arg("big")
+            .and_then(|v| v.as_u64())
+            .map(|n| usize::try_from(n).expect("a test payload size"));
         if let Some(ms) = sleep_ms {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }

@@ -21,7 +21,6 @@ pub use kv::KvList;
 /// assert_eq!(DataType::from_byte(0x0c), None);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_enums)]
 pub enum DataType {
     /// 0: no value.
     Null = 0,
@@ -104,7 +103,6 @@ impl DataType {
 /// assert_eq!(TypedData::decode(&buf), Ok((v, 5)));
 /// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_enums)]
 pub enum TypedData<'a> {
     /// NULL (also what HAProxy sends for a failed sample fetch).
     Null,

@@ -41,7 +41,7 @@ impl ArgErrorKind {
     }
 }
 
-/// A value that does not convert to the requested type; see [`FromTypedData`].
+/// A value that does not convert to the requested type; see [`FromTypedData`](crate::FromTypedData).
 ///
 /// ```
 /// use spop_proto::{ArgErrorKind, DataType, TypedData};
@@ -51,7 +51,6 @@ impl ArgErrorKind {
 /// assert_eq!(err.to_string(), "expected an integer in u32 range, got int64 (value out of range)");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_structs)]
 pub struct ValueError {
     /// What went wrong.
     pub kind: ArgErrorKind,

@@ -19,7 +19,6 @@ use crate::varint;
 /// assert_eq!("sess".parse::<Scope>(), Ok(Scope::Session));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_enums)]
 pub enum Scope {
     /// `proc` (0): process-wide.
     Process = 0,

@@ -56,7 +56,6 @@ pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16380;
 /// assert_eq!(id.to_string(), "stream-id 1, frame-id 1");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-#[allow(clippy::exhaustive_structs)]
 pub struct NotifyId {
     /// The stream-id.
     pub stream_id: u64,
@@ -149,7 +148,6 @@ impl fmt::Debug for FrameFlags {
 /// assert_eq!(len, 7);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_structs)]
 pub struct FrameHeader {
     /// Frame type.
     pub frame_type: FrameType,

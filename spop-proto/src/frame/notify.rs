@@ -10,7 +10,6 @@ use crate::status::FrameType;
 
 /// One argument of a message. Names may be empty (unnamed `args`) or repeated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(clippy::exhaustive_structs)]
 pub struct Arg<'a> {
     /// The argument name (`""` when unnamed).
     pub name: &'a str,

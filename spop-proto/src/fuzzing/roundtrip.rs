@@ -148,6 +148,7 @@ impl<'a> RoundtripScript<'a> {
     /// A typed value: a type byte (`% 10`, in wire order), then: BOOL a byte (bit 0), integers
     /// an `int` (truncated to 32 bits for INT32/UINT32), addresses 4 or 16 bytes (zeros past
     /// the end), STRING/BINARY a `len` and the bytes.
+    #[allow(clippy::cast_possible_truncation)] // the script cuts integers to 32 bits on purpose
     fn value(&mut self) -> TypedData<'a> {
         match self.byte() % 10 {
             0 => TypedData::Null,
@@ -410,6 +411,7 @@ fn ack<'a>(
     }
 }
 
+#[allow(clippy::cast_possible_truncation)] // the script cuts the status to 32 bits on purpose
 fn control<'a>(s: &mut RoundtripScript<'a>, op: u8, wire: &mut BytesMut) -> Expected<'a> {
     match (op >> 2) & 3 {
         0 => {
