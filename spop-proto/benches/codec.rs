@@ -694,9 +694,37 @@ fn min_of_runs() {
     }
 }
 
+/// `SPOP_BENCH_ONLY=<op>`: runs one NOTIFY decode path (`slice`, `frame_decoder`, `bytes`, or
+/// `baseline_` and one of those) 100 000 times and nothing else, to count its instructions
+/// (`valgrind --tool=callgrind`), which a busy machine does not disturb as it does wall time.
+fn run_only(op: &str) {
+    let frame = notify_frame();
+    let payload = Bytes::copy_from_slice(split_frame(&frame, MAX_FRAME).unwrap().unwrap().1);
+    let mut dec = FrameDecoder::new(MAX_FRAME);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut f: Box<dyn FnMut() -> usize> = match op {
+        "slice" => Box::new(|| op_walk_slice(&frame)),
+        "frame_decoder" => Box::new(|| op_walk_decoder(&frame, &mut dec, &mut rbuf)),
+        "bytes" => Box::new(|| op_walk_bytes(&payload)),
+        "baseline_slice" => Box::new(|| op_baseline_walk_slice(&frame)),
+        "baseline_frame_decoder" => Box::new(|| op_baseline_walk_decoder(&frame, &mut rbuf)),
+        "baseline_bytes" => Box::new(|| op_baseline_walk_bytes(&payload)),
+        other => panic!("SPOP_BENCH_ONLY: unknown operation {other:?}"),
+    };
+    let mut n = 0;
+    for _ in 0..100_000 {
+        n += f();
+    }
+    assert_eq!(black_box(n), 500_000);
+}
+
 fn main() {
     if std::env::var_os("SPOP_BENCH_MIN_OF").is_some() {
         min_of_runs();
+        return;
+    }
+    if let Some(op) = std::env::var_os("SPOP_BENCH_ONLY") {
+        run_only(op.to_str().unwrap_or_default());
         return;
     }
     allocation_report();

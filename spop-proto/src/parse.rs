@@ -134,6 +134,29 @@ pub(crate) fn list<'a, O>(
     }
 }
 
+/// The next item of a list already validated with `rule` (the iterators over a NOTIFY's
+/// messages, an ACK's actions): `None` at the end of the list. An error cannot happen after
+/// validation; if it did, it would end the list.
+#[inline(always)]
+pub(crate) fn next_item<'a, T>(
+    rest: &mut &'a [u8],
+    rule: impl FnOnce(&'a [u8]) -> PResult<'a, T>,
+) -> Option<T> {
+    if rest.is_empty() {
+        return None;
+    }
+    match rule(rest) {
+        Ok((r, item)) => {
+            *rest = r;
+            Some(item)
+        }
+        Err(_) => {
+            *rest = &[];
+            None
+        }
+    }
+}
+
 /// Runs a rule and maps its error, keeping what it left.
 #[inline(always)]
 pub(crate) fn run<'a, T>(

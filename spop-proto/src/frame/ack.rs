@@ -190,19 +190,8 @@ struct ActionIter<'a> {
 impl<'a> Iterator for ActionIter<'a> {
     type Item = Action<'a>;
     fn next(&mut self) -> Option<Action<'a>> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        match action(self.rest) {
-            Ok((rest, a)) => {
-                self.rest = rest;
-                Some(a)
-            }
-            Err(_) => {
-                self.rest = &[];
-                None
-            }
-        }
+        // validated by `ActionList::parse`, or encoded by `Actions`
+        parse::next_item(&mut self.rest, action)
     }
 }
 

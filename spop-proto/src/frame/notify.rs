@@ -181,20 +181,8 @@ impl<'a> Iterator for Messages<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
         // The payload was validated when the NOTIFY was parsed (or built by `NotifyBuilder`).
-        match message::<Emit>(self.rest) {
-            Ok((rest, m)) => {
-                self.rest = rest;
-                Some(m)
-            }
-            Err(_) => {
-                self.rest = &[];
-                None
-            }
-        }
+        parse::next_item(&mut self.rest, message::<Emit>)
     }
 }
 
