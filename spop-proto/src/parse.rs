@@ -1,18 +1,29 @@
-//! The nom glue shared by the grammar's rules: the private error type, the combinators that
-//! name what was being read, and the mapping to [`DecodeError`] at the public boundary.
+//! The nom glue shared by the grammar's rules: the private error type, the leaf primitives,
+//! the helpers that name what was being read, and the mapping to [`DecodeError`] at the public
+//! boundary.
 //!
-//! Each rule of the grammar is one nom parser in the module of its layer: the varint in
-//! [`crate::varint`], typed data and names in `data::codec`, KV lists in `data::kv`, the frame
-//! header in `frame`, messages in `frame::notify`, actions in `frame::ack`. Every path
-//! (validation, iteration, lookups, the frame decoder) runs those rules; nom never appears in
-//! the public API.
+//! Each rule of the grammar is one nom parser (a function returning nom's `IResult` with the
+//! private [`PError`], so any nom combinator accepts it) in the module of its layer: the
+//! varint in [`crate::varint`], typed data and names in `data::codec`, KV pairs in `data::kv`,
+//! the frame header in `frame`, arguments and messages in `frame::notify`, actions in
+//! `frame::ack`. Rules whose output may be skipped take nom 8's output mode: `Check` validates
+//! without building, `Emit` builds. Every path (validation, iteration, lookups, the frame
+//! decoder, the fuzz model through the public API) runs those rules; nom never appears in the
+//! public API.
+//!
+//! The rules are sequenced with `?` rather than nom's `map`/`map_res`/tuple/`fold_many_m_n`/
+//! `recognize` combinators, and the leaves ([`take`], [`u8`]) are written out: measured in the
+//! same criterion run, the combinator version walked the benchmark NOTIFY in 600 ns against
+//! 140 ns for the former hand-written decoder (300 ns against 146 ns with fat LTO), because
+//! nom 8.0 leaves `<&[u8] as Input>::take_from` and the `Parser` impl of closures without
+//! `#[inline]`; written this way the grammar runs within 10% of the old decoder.
 //!
 //! Inside a frame the parsers are `complete`: the length prefix guarantees the whole frame is
 //! buffered, so running out of input is a malformation ([`DecodeError::Truncated`]), never a
 //! request for more bytes.
 
 use nom::IResult;
-use nom::error::{ErrorKind, FromExternalError, ParseError};
+use nom::error::{ErrorKind, ParseError};
 pub(crate) use nom::{Check, Emit, Mode};
 
 use crate::error::DecodeError;
@@ -20,8 +31,8 @@ use crate::error::DecodeError;
 /// The private nom error: no allocation, no input position (the rules name what they read).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PError {
-    /// A nom primitive ran out of input; [`truncated`] turns it into
-    /// `DecodeError::Truncated(what)` with the name of what the rule was reading.
+    /// A primitive ran out of input; [`named`] turns it into `DecodeError::Truncated(what)`
+    /// with the name of what the rule was reading.
     Eof,
     /// A grammar error, reported as is.
     Decode(DecodeError),
@@ -30,21 +41,13 @@ pub(crate) enum PError {
 impl ParseError<&[u8]> for PError {
     #[inline]
     fn from_error_kind(_input: &[u8], _kind: ErrorKind) -> Self {
-        // `take`, `u8`, `be_u32`... fail only for want of bytes on complete input
+        // nom's primitives fail only for want of bytes on complete input
         Self::Eof
     }
 
     #[inline]
     fn append(_input: &[u8], _kind: ErrorKind, other: Self) -> Self {
         other
-    }
-}
-
-/// What `map_res` closures return: the grammar error itself.
-impl FromExternalError<&[u8], DecodeError> for PError {
-    #[inline]
-    fn from_external_error(_input: &[u8], _kind: ErrorKind, e: DecodeError) -> Self {
-        Self::Decode(e)
     }
 }
 
