@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
-use crate::data::{TypedData, name, put_raw_str, typed_data};
+use crate::data::{TypedData, name, put_raw_str, raw_str, typed_data};
 use crate::error::DecodeError;
 use crate::parse::{self, Check, Emit, MResult, Mode, byte};
 use crate::status::FrameType;
@@ -60,7 +60,18 @@ impl<'a> Message<'a> {
     /// assert_eq!(m.arg("b"), None);
     /// ```
     pub fn arg(&self, name: &str) -> Option<TypedData<'a>> {
-        self.args().find(|a| a.name == name).map(|a| a.value)
+        // `self.args().find(|a| a.name == name)`, with the argument rule taken apart: on the
+        // validated region a name equals `name` exactly when its bytes do, and the values of
+        // the other arguments are only stepped over (`Check`)
+        let mut rest = self.args;
+        for _ in 0..self.nb_args {
+            let (i, raw) = raw_str(rest, "argument name").ok()?;
+            if raw == name.as_bytes() {
+                return typed_data::<Emit>(i).ok().map(|(_, v)| v);
+            }
+            rest = typed_data::<Check>(i).ok()?.0;
+        }
+        None
     }
 
     /// The value of the argument at `index`.
@@ -237,7 +248,17 @@ impl Notify {
 
     /// The first message with this name.
     pub fn message(&self, name: &str) -> Option<Message<'_>> {
-        self.messages().find(|m| m.name == name)
+        // `self.messages().find(|m| m.name == name)`, names compared as bytes (see
+        // `Message::arg`) and the other messages only stepped over (`Check`)
+        let mut rest: &[u8] = &self.payload;
+        while !rest.is_empty() {
+            let (_, raw) = raw_str(rest, "message name").ok()?;
+            if raw == name.as_bytes() {
+                return message::<Emit>(rest).ok().map(|(_, m)| m);
+            }
+            rest = message::<Check>(rest).ok()?.0;
+        }
+        None
     }
 
     /// The raw payload.
