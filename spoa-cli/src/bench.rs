@@ -17,7 +17,7 @@ use anyhow::bail;
 use bytes::{Buf, BufMut, BytesMut};
 use hdrhistogram::Histogram;
 use serde_json::json;
-use spop_proto::frame::{DEFAULT_MAX_FRAME_SIZE, Disconnect, MIN_FRAME_LEN};
+use spop_proto::frame::{DEFAULT_MAX_FRAME_SIZE, Disconnect, split_frame};
 use spop_proto::{DecodeError, FrameType, Notify, NotifyId, StatusCode, varint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::Barrier;
@@ -318,6 +318,7 @@ pub(crate) async fn run(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     } else {
         0.0
     };
+    #[allow(clippy::cast_precision_loss)] // microseconds for a report
     let us = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     #[allow(clippy::cast_precision_loss)]
     let (p50, p90, p99, p999, max, mean) = if hist.is_empty() {
@@ -522,37 +523,20 @@ struct Head<'a> {
     used: usize,
 }
 
-/// Splits the first whole frame off `buf` and decodes its header by hand (the hot path of
-/// the ACK reader; same checks as `split_frame`).
+/// Splits the first whole frame off `buf` with its header decoded ([`split_frame`], the
+/// library's one frame grammar).
 #[inline]
 fn next_frame(buf: &[u8], max_frame_size: u32) -> Result<Option<Head<'_>>, DecodeError> {
-    let Some(&[a, b, c, d]) = buf.get(..4) else {
-        return Ok(None);
-    };
-    let len = u32::from_be_bytes([a, b, c, d]);
-    if len > max_frame_size {
-        return Err(DecodeError::FrameTooLarge {
-            len,
-            max: max_frame_size,
-        });
-    }
-    if len < MIN_FRAME_LEN {
-        return Err(DecodeError::FrameTooShort(len));
-    }
-    let used = 4 + len as usize;
-    let Some(frame) = buf.get(4..used) else {
-        return Ok(None);
-    };
-    let (stream_id, n1) = varint::decode(&frame[5..])?;
-    let (frame_id, n2) = varint::decode(&frame[5 + n1..])?;
-    Ok(Some(Head {
-        frame_type: FrameType(frame[0]),
-        fin: frame[4] & 1 != 0,
-        stream_id,
-        frame_id,
-        payload: &frame[5 + n1 + n2..],
-        used,
-    }))
+    Ok(
+        split_frame(buf, max_frame_size)?.map(|(h, payload, used)| Head {
+            frame_type: h.frame_type,
+            fin: h.flags.is_fin(),
+            stream_id: h.stream_id,
+            frame_id: h.frame_id,
+            payload,
+            used,
+        }),
+    )
 }
 
 /// How the read loop ended.

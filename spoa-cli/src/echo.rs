@@ -232,6 +232,7 @@ impl FromStr for Selector {
 
 impl Selector {
     /// Whether the `n`th NOTIFY (counting from 1) is selected.
+    #[allow(clippy::cast_precision_loss)] // a 53-bit hash as a fraction, exact in f64
     fn selects(&self, n: u64, req: &Request) -> bool {
         match self {
             Self::All => true,

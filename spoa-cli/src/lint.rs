@@ -547,7 +547,6 @@ struct CallPoint {
     what: String,
 }
 
-#[allow(clippy::too_many_lines)]
 fn lint_engine(lint: &mut Lint, cfg_name: &str, cfg: &[Section], e: &Engine) {
     let f = e.file.as_str();
     let engine_label = e.engine.as_deref().unwrap_or("(no engine name)");

@@ -20,7 +20,7 @@ fn score(ip: IpAddr) -> i64 {
         ip => {
             let h = match ip {
                 IpAddr::V4(v4) => u64::from(u32::from(v4)),
-                IpAddr::V6(v6) => (u128::from(v6) % u128::from(u64::MAX)) as u64,
+                IpAddr::V6(v6) => u64::try_from(u128::from(v6) % u128::from(u64::MAX)).unwrap_or(0),
             };
             (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 57) as i64 % 101
         }

@@ -428,6 +428,7 @@ impl Metrics {
     }
 
     /// The metrics in Prometheus text exposition format (version 0.0.4).
+    #[allow(clippy::cast_precision_loss)] // seconds for Prometheus: f64 is its format
     pub fn render_prometheus(&self) -> String {
         let s = self.snapshot();
         let mut out = String::with_capacity(2048);

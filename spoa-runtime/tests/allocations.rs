@@ -6,6 +6,7 @@
 //! (buffers grown to their working size), the steady state must allocate nothing: not the
 //! handler's future, not the request, not the ACK, not the metrics.
 #![allow(unsafe_code)] // the counting allocator below; nothing else
+#![allow(clippy::cast_precision_loss)] // ratios of counts far below 2^52
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;

@@ -386,6 +386,7 @@ async fn background_work_is_bounded_and_drained_on_shutdown() {
 /// not read: with a 1 KiB pipe and a 4 KiB high-water mark, NOTIFYs whose ACKs are ~500 bytes
 /// are consumed only as far as that leaves room for.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[allow(clippy::cast_possible_truncation)] // a count of NOTIFYs
 async fn write_buffer_never_exceeds_high_water_plus_one_ack() {
     init_tracing();
     bounded(async {

@@ -2,6 +2,8 @@
 //! lookup, typed extraction of three arguments (`Message::get`, and `Message::deserialize`
 //! with `--features serde`), a 20-header `req.hdrs_bin` block (validate, iterate, two
 //! lookups), and ACK encoding, with a `memcpy` of the same NOTIFY frame as the baseline.
+//! The `notify_decode_walk/baseline_*` benches run the hand-written decoder the library used
+//! before its grammar moved to nom (`benches/baseline/`), on the same frame, in the same run.
 //!
 //! Before criterion runs, every benchmarked operation is run 10 000 times under a counting
 //! global allocator and the allocations per operation are printed; the NOTIFY decode paths
@@ -9,11 +11,14 @@
 //!
 //! ```text
 //! cargo bench -p spop-proto --features serde --bench codec -- --warm-up-time 1 --measurement-time 3
+//! SPOP_BENCH_MIN_OF=1 cargo bench -p spop-proto --bench codec   # best-of-30 runs, no criterion
 //! ```
 
 // The counting allocator needs `unsafe impl GlobalAlloc`; the workspace lint is `deny`, not
 // `forbid`, so that this bench (and only this bench) may allow it.
 #![allow(unsafe_code)]
+
+mod baseline;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
@@ -21,7 +26,7 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use criterion::{Criterion, Throughput, criterion_group};
+use criterion::{Criterion, Throughput};
 use spop_proto::frame::{FrameDecoder, MessageList, split_frame};
 use spop_proto::{
     Actions, ArgError, FrameType, HeaderBlock, Message, Notify, NotifyId, Scope, TypedData,
@@ -195,6 +200,49 @@ fn op_walk_bytes(payload: &Bytes) -> usize {
     walk(notify.messages())
 }
 
+/// Touches every message and argument of the baseline decoder, like [`walk`].
+#[inline]
+fn walk_baseline<'a>(messages: impl Iterator<Item = baseline::Message<'a>>) -> usize {
+    let mut n = 0;
+    for m in messages {
+        black_box(m.name());
+        for a in m.args() {
+            black_box(a.name);
+            black_box(a.value);
+            n += 1;
+        }
+    }
+    n
+}
+
+/// [`op_walk_slice`] with the hand-written decoder the library used before nom.
+#[inline]
+fn op_baseline_walk_slice(frame: &[u8]) -> usize {
+    let (hdr, payload, _) = baseline::split_frame(black_box(frame), MAX_FRAME)
+        .unwrap()
+        .unwrap();
+    assert!(hdr.frame_type == FrameType::NOTIFY && hdr.flags.is_fin());
+    walk_baseline(baseline::validate(payload).unwrap())
+}
+
+/// [`op_walk_decoder`] with the hand-written decoder the library used before nom.
+#[inline]
+fn op_baseline_walk_decoder(frame: &[u8], rbuf: &mut BytesMut) -> usize {
+    rbuf.extend_from_slice(black_box(frame));
+    let (hdr, payload) = baseline::decode_frame(rbuf, MAX_FRAME).unwrap().unwrap();
+    assert!(hdr.frame_type == FrameType::NOTIFY && hdr.flags.is_fin());
+    let notify = baseline::Notify::parse(hdr.id(), payload).unwrap();
+    black_box(notify.id());
+    walk_baseline(notify.messages())
+}
+
+/// [`op_walk_bytes`] with the hand-written decoder the library used before nom.
+#[inline]
+fn op_baseline_walk_bytes(payload: &Bytes) -> usize {
+    let notify = baseline::Notify::parse(ID, black_box(payload).clone()).unwrap();
+    walk_baseline(notify.messages())
+}
+
 /// Lookup in an already validated NOTIFY.
 #[inline]
 fn op_lookup(notify: &Notify) -> Option<TypedData<'_>> {
@@ -337,6 +385,7 @@ fn op_hdrs(block: &[u8]) -> usize {
 const ALLOC_ITERS: u64 = 10_000;
 
 /// Allocations per call of `f` in steady state (after a short warm-up).
+#[allow(clippy::cast_precision_loss)] // a ratio for a report
 fn allocs_per_op(mut f: impl FnMut()) -> f64 {
     for _ in 0..100 {
         f();
@@ -364,6 +413,9 @@ fn allocation_report() {
     assert_eq!(op_walk_slice(&frame), 5);
     assert_eq!(op_walk_decoder(&frame, &mut dec, &mut rbuf), 5);
     assert_eq!(op_walk_bytes(&payload), 5);
+    assert_eq!(op_baseline_walk_slice(&frame), 5);
+    assert_eq!(op_baseline_walk_decoder(&frame, &mut rbuf), 5);
+    assert_eq!(op_baseline_walk_bytes(&payload), 5);
     assert_eq!(op_lookup(&notify), Some(TypedData::String(HOST.as_bytes())));
     assert_eq!(op_decode_lookup(&frame), HOST.len());
     op_ack_reused(&mut actions, &mut wbuf);
@@ -407,6 +459,27 @@ fn allocation_report() {
             "notify_decode_walk/bytes",
             allocs_per_op(|| {
                 black_box(op_walk_bytes(&payload));
+            }),
+            true,
+        ),
+        (
+            "notify_decode_walk/baseline_slice",
+            allocs_per_op(|| {
+                black_box(op_baseline_walk_slice(&frame));
+            }),
+            true,
+        ),
+        (
+            "notify_decode_walk/baseline_frame_decoder",
+            allocs_per_op(|| {
+                black_box(op_baseline_walk_decoder(&frame, &mut rbuf));
+            }),
+            true,
+        ),
+        (
+            "notify_decode_walk/baseline_bytes",
+            allocs_per_op(|| {
+                black_box(op_baseline_walk_bytes(&payload));
             }),
             true,
         ),
@@ -511,6 +584,16 @@ fn bench_notify(c: &mut Criterion) {
         b.iter(|| op_walk_decoder(&frame, &mut dec, &mut rbuf));
     });
     g.bench_function("bytes", |b| b.iter(|| op_walk_bytes(&payload)));
+    // the hand-written decoder the library used before nom, in the same run
+    g.bench_function("baseline_slice", |b| {
+        b.iter(|| op_baseline_walk_slice(&frame));
+    });
+    g.bench_function("baseline_frame_decoder", |b| {
+        b.iter(|| op_baseline_walk_decoder(&frame, &mut rbuf));
+    });
+    g.bench_function("baseline_bytes", |b| {
+        b.iter(|| op_baseline_walk_bytes(&payload));
+    });
     g.finish();
 
     let mut g = c.benchmark_group("notify_lookup");
@@ -552,16 +635,100 @@ fn bench_extract(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(
-    benches,
-    bench_baseline,
-    bench_notify,
-    bench_ack,
-    bench_extract
-);
+/// Every criterion group, configured from the command line.
+fn benches(c: &mut Criterion) {
+    bench_baseline(c);
+    bench_notify(c);
+    bench_ack(c);
+    bench_extract(c);
+}
+
+/// `SPOP_BENCH_MIN_OF=1`: instead of criterion, the library's NOTIFY decode paths against the
+/// hand-written baseline, each the best of 30 runs of 20 000 operations, twice. On a shared
+/// machine the best run is steadier than criterion's mean.
+fn min_of_runs() {
+    let frame = notify_frame();
+    let payload = Bytes::copy_from_slice(split_frame(&frame, MAX_FRAME).unwrap().unwrap().1);
+    let mut dec = FrameDecoder::new(MAX_FRAME);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut rbuf2 = BytesMut::with_capacity(4096);
+    #[allow(clippy::cast_precision_loss)] // nanoseconds for a report
+    let min_ns = |f: &mut dyn FnMut()| {
+        let mut best = f64::MAX;
+        for _ in 0..30 {
+            // a bench measures time; the library never reads the clock
+            #[allow(clippy::disallowed_methods)]
+            let t = std::time::Instant::now();
+            for _ in 0..20_000 {
+                f();
+            }
+            best = best.min(t.elapsed().as_nanos() as f64 / 20_000.0);
+        }
+        best
+    };
+    for _ in 0..2 {
+        let a = min_ns(&mut || {
+            black_box(op_walk_slice(&frame));
+        });
+        let b = min_ns(&mut || {
+            black_box(op_baseline_walk_slice(&frame));
+        });
+        let c = min_ns(&mut || {
+            black_box(op_walk_decoder(&frame, &mut dec, &mut rbuf));
+        });
+        let d = min_ns(&mut || {
+            black_box(op_baseline_walk_decoder(&frame, &mut rbuf2));
+        });
+        let e = min_ns(&mut || {
+            black_box(op_walk_bytes(&payload));
+        });
+        let f = min_ns(&mut || {
+            black_box(op_baseline_walk_bytes(&payload));
+        });
+        eprintln!(
+            "min of runs, ns/op, library vs baseline: slice {a:.1} vs {b:.1} ({:+.1}%) | decoder {c:.1} vs {d:.1} ({:+.1}%) | bytes {e:.1} vs {f:.1} ({:+.1}%)",
+            (a / b - 1.0) * 100.0,
+            (c / d - 1.0) * 100.0,
+            (e / f - 1.0) * 100.0
+        );
+    }
+}
+
+/// `SPOP_BENCH_ONLY=<op>`: runs one NOTIFY decode path (`slice`, `frame_decoder`, `bytes`, or
+/// `baseline_` and one of those) 100 000 times and nothing else, to count its instructions
+/// (`valgrind --tool=callgrind`), which a busy machine does not disturb as it does wall time.
+fn run_only(op: &str) {
+    let frame = notify_frame();
+    let payload = Bytes::copy_from_slice(split_frame(&frame, MAX_FRAME).unwrap().unwrap().1);
+    let mut dec = FrameDecoder::new(MAX_FRAME);
+    let mut rbuf = BytesMut::with_capacity(4096);
+    let mut f: Box<dyn FnMut() -> usize> = match op {
+        "slice" => Box::new(|| op_walk_slice(&frame)),
+        "frame_decoder" => Box::new(|| op_walk_decoder(&frame, &mut dec, &mut rbuf)),
+        "bytes" => Box::new(|| op_walk_bytes(&payload)),
+        "baseline_slice" => Box::new(|| op_baseline_walk_slice(&frame)),
+        "baseline_frame_decoder" => Box::new(|| op_baseline_walk_decoder(&frame, &mut rbuf)),
+        "baseline_bytes" => Box::new(|| op_baseline_walk_bytes(&payload)),
+        other => panic!("SPOP_BENCH_ONLY: unknown operation {other:?}"),
+    };
+    let mut n = 0;
+    for _ in 0..100_000 {
+        n += f();
+    }
+    assert_eq!(black_box(n), 500_000);
+}
 
 fn main() {
+    if std::env::var_os("SPOP_BENCH_MIN_OF").is_some() {
+        min_of_runs();
+        return;
+    }
+    if let Some(op) = std::env::var_os("SPOP_BENCH_ONLY") {
+        run_only(op.to_str().unwrap_or_default());
+        return;
+    }
     allocation_report();
-    benches();
-    Criterion::default().configure_from_args().final_summary();
+    let mut c = Criterion::default().configure_from_args();
+    benches(&mut c);
+    c.final_summary();
 }

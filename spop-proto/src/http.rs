@@ -77,6 +77,7 @@ use std::fmt;
 use bytes::BufMut;
 
 use crate::data::put_raw_str;
+use crate::parse::{self, PError};
 use crate::varint;
 
 /// Why bytes are not a valid header block.
@@ -102,7 +103,6 @@ pub enum HeaderBlockError {
 
 /// One header of a [`HeaderBlock`].
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_structs)]
 pub struct Header<'a> {
     /// The name, as HAProxy stores it (lowercase).
     pub name: &'a [u8],
@@ -159,25 +159,20 @@ pub struct HeaderBlock<'a> {
     count: usize,
 }
 
-/// Reads one `<str>` at `pos`; `None` when truncated or the length is invalid.
+/// Reads one `<str>` at `pos` (the grammar's varint, then that many bytes); the errors say
+/// where the block stops making sense.
 #[inline]
 fn read_str(block: &[u8], pos: usize) -> Result<(&[u8], usize), HeaderBlockError> {
     let rest = &block[pos..];
-    if rest.is_empty() {
-        return Err(HeaderBlockError::Truncated(pos));
-    }
-    let (len, n) = match rest[0] {
-        b if b < 240 => (u64::from(b), 1),
-        _ => match varint::decode(rest) {
-            Ok(v) => v,
-            Err(crate::DecodeError::Truncated(_)) => return Err(HeaderBlockError::Truncated(pos)),
-            Err(_) => return Err(HeaderBlockError::InvalidLength(pos)),
-        },
+    let (after, len) = match varint::varint(rest) {
+        Ok(v) => v,
+        Err(nom::Err::Error(PError::Eof)) => return Err(HeaderBlockError::Truncated(pos)),
+        Err(_) => return Err(HeaderBlockError::InvalidLength(pos)),
     };
-    let avail = rest.len() - n;
-    match usize::try_from(len) {
-        Ok(len) if len <= avail => Ok((&rest[n..n + len], pos + n + len)),
-        _ => Err(HeaderBlockError::Truncated(pos + n)),
+    let at = pos + (rest.len() - after.len());
+    match parse::take(after, usize::try_from(len).unwrap_or(usize::MAX)) {
+        Ok((_, s)) => Ok((s, at + s.len())),
+        Err(_) => Err(HeaderBlockError::Truncated(at)),
     }
 }
 

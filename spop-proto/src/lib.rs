@@ -79,6 +79,9 @@ mod status;
 pub mod varint;
 mod varname;
 
+/// Entry points of the fuzz targets, for `fuzz/` and the regression tests only: behind the
+/// `fuzzing` feature, hidden, without semver promise.
+#[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 

@@ -25,7 +25,6 @@ use crate::extract::{FromTypedData, ValueError};
 /// assert_eq!(OwnedTypedData::from(TypedData::Int64(-1)).as_typed(), TypedData::Int64(-1));
 /// ```
 #[derive(Clone, PartialEq, Eq, Hash, Default)]
-#[allow(clippy::exhaustive_enums)]
 pub enum OwnedTypedData {
     /// NULL.
     #[default]

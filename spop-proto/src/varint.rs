@@ -15,6 +15,7 @@
 use bytes::BufMut;
 
 use crate::error::DecodeError;
+use crate::parse::{self, PResult, u8};
 
 /// The longest encoding of a `u64`, in bytes.
 pub const MAX_LEN: usize = 10;
@@ -31,32 +32,43 @@ pub const MAX_LEN: usize = 10;
 /// ```
 #[inline]
 pub fn decode(buf: &[u8]) -> Result<(u64, usize), DecodeError> {
-    let Some(&first) = buf.first() else {
-        return Err(DecodeError::Truncated("varint"));
-    };
-    if first < 240 {
-        return Ok((u64::from(first), 1));
+    let (rest, v) = parse::run(|i| parse::named("varint", varint(i)), buf)?;
+    Ok((v, buf.len() - rest.len()))
+}
+
+/// The grammar's varint rule: a first byte below 240 is the value; a larger one is followed
+/// by continuation bytes (`>= 0x80`) up to one below 0x80, ten bytes in all at most.
+///
+/// Running out of input is left unnamed ([`PError::Eof`](parse::PError::Eof)): the caller
+/// says what the varint was (`"varint"`, or the string whose length it is).
+#[inline(always)]
+pub(crate) fn varint(i: &[u8]) -> PResult<'_, u64> {
+    match u8(i)? {
+        (i, first) if first < 240 => Ok((i, u64::from(first))),
+        (i, first) => continuation(i, first),
     }
+}
+
+/// The continuation bytes of a varint whose first byte is `first` (kept out of line: the
+/// one-byte case is the one inlined into every rule).
+#[inline(never)]
+fn continuation(mut i: &[u8], first: u8) -> PResult<'_, u64> {
     let mut value = u128::from(first);
     let mut shift = 4u32;
-    let mut idx = 1;
-    loop {
-        if idx >= MAX_LEN {
-            return Err(DecodeError::InvalidVarint);
-        }
-        let Some(&b) = buf.get(idx) else {
-            return Err(DecodeError::Truncated("varint"));
-        };
+    for _ in 1..MAX_LEN {
+        let (rest, b) = u8(i)?;
+        i = rest;
         value += u128::from(b) << shift;
-        idx += 1;
-        if b < 128 {
-            break;
+        if b < 0x80 {
+            return match u64::try_from(value) {
+                Ok(v) => Ok((i, v)),
+                Err(_) => parse::fail(DecodeError::InvalidVarint),
+            };
         }
         shift += 7;
     }
-    u64::try_from(value)
-        .map(|v| (v, idx))
-        .map_err(|_| DecodeError::InvalidVarint)
+    // a continuation bit on the 10th byte
+    parse::fail(DecodeError::InvalidVarint)
 }
 
 /// Appends the encoding of `value` to `dst`.

@@ -198,6 +198,7 @@ impl Script {
     }
 
     /// Read ops (`op % 8` in 0..=3) carry `op >> 3` bytes (at most 31) of input.
+    #[allow(clippy::cast_possible_truncation)] // chunks of at most 31 bytes
     fn read(mut self, bytes: &[u8], chunk: usize) -> Self {
         assert!((1..=MAX_READ_CHUNK).contains(&chunk));
         for part in bytes.chunks(chunk) {
@@ -262,6 +263,7 @@ impl Roundtrip {
         self
     }
 
+    #[allow(clippy::cast_possible_truncation)] // the script packs small counts into bytes (checked by the callers)
     fn len(&mut self, n: usize) -> &mut Self {
         assert!(n < 4096);
         if n < 0xF0 {
@@ -320,6 +322,7 @@ impl Roundtrip {
     }
 
     /// A values op.
+    #[allow(clippy::cast_possible_truncation)] // at most 64 values, checked above
     fn values(&mut self, values: &[TypedData<'_>]) -> &mut Self {
         assert!((1..=64).contains(&values.len()));
         self.0.push(((values.len() - 1) as u8) << 2);
@@ -333,6 +336,7 @@ impl Roundtrip {
     /// previous one. Argument names: `Some(name)`, or `None` for the name of argument
     /// `(i - 1) % 64` of the message (an earlier one).
     #[allow(clippy::type_complexity)]
+    #[allow(clippy::cast_possible_truncation)] // the script packs small counts into bytes
     fn notify(
         &mut self,
         id: Option<(u64, u64)>,

@@ -464,6 +464,7 @@ fn cuts(len: usize, boundaries: &[usize]) -> Vec<usize> {
 /// header the header is refused, at `boundaries[k]` the frame parses and `at_boundary(k, frame)`
 /// checks it holds the first `k` elements, anywhere else parsing fails. With the original length prefix, every strict prefix of the frame asks
 /// for more bytes.
+#[allow(clippy::cast_possible_truncation)] // a body of a few bytes
 fn check_truncations(wire: &[u8], boundaries: &[usize], at_boundary: impl Fn(usize, Frame<'_>)) {
     let (hdr, payload) = split(wire);
     assert_eq!(boundaries.first(), Some(&0));
@@ -1023,6 +1024,7 @@ proptest! {
 
     /// The same, with valid frames in the read ops so the scripts get past the handshake.
     #[test]
+    #[allow(clippy::cast_possible_truncation)] // chunks of at most 31 bytes
     fn connection_harness_on_valid_frames(
         flags in any::<u8>(),
         frames in vec(any_frame(), 0..6),

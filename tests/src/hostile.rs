@@ -9,11 +9,11 @@
 //! - [`Peer`] plays HAProxy's side of one connection over a blocking socket; every read and
 //!   write is bounded in time and failures come back as `Err(String)`, so a table-driven test
 //!   can report each case's failure and carry on.
-//! - Frame builders for well-formed and malformed bytes.
+//! - Frame builders for well-formed and malformed bytes, and the decoded replies, re-exported
+//!   from [`peer`](crate::peer), which the runtime's loopback stub shares.
 //!
 //! Everything listens on and connects to 127.0.0.1 only.
 
-use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -22,12 +22,15 @@ use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use spoa_runtime::{Handler, MetricsSnapshot, ServerBuilder};
-use spop_proto::frame::{Frame, FrameDecoder, FrameFlags, FrameHeader, HaproxyHello, encode_frame};
-use spop_proto::{FrameType, Notify, NotifyId};
+use spop_proto::NotifyId;
+use spop_proto::frame::FrameFlags;
 
 use crate::interop::{AgentProcess, poll_every, spoa_binary};
+use crate::peer::FrameReader;
+pub use crate::peer::{
+    Received, Reply, hello, hello_frame, length_prefix, notify_frame, notify_i, raw_frame,
+};
 
 /// The longest wait for any one expected event (a frame, EOF, a process state).
 pub const STEP: Duration = Duration::from_secs(2);
@@ -246,147 +249,14 @@ impl Drop for InProcessAgent {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Frames
-// ---------------------------------------------------------------------------------------------
-
-/// A HAPROXY-HELLO: version 2.0, `capabilities`, and `max_frame_size` (UINT32, or UINT64 above
-/// `u32::MAX`).
-pub fn hello(max_frame_size: u64, capabilities: &str) -> Vec<u8> {
-    let mut h = HaproxyHello::new(16380, capabilities);
-    h.max_frame_size = Some(max_frame_size);
-    hello_frame(&h)
-}
-
-/// Encodes a HAPROXY-HELLO.
-pub fn hello_frame(hello: &HaproxyHello<'_>) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    hello.encode(&mut buf);
-    buf.to_vec()
-}
-
-/// A NOTIFY with message `m` carrying `i` (INT64, as HAProxy sends integer samples).
-pub fn notify_i(id: NotifyId, i: i64) -> Notify {
-    Notify::builder(id).message("m").arg("i", i).build()
-}
-
-/// Encodes a NOTIFY.
-pub fn notify_frame(notify: &Notify) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    notify.encode(&mut buf);
-    buf.to_vec()
-}
-
-/// One frame of any type, flags, ids and payload, length prefix computed.
-pub fn raw_frame(
-    frame_type: FrameType,
-    flags: u32,
-    stream_id: u64,
-    frame_id: u64,
-    payload: &[u8],
-) -> Vec<u8> {
-    let mut buf = BytesMut::new();
-    encode_frame(
-        &mut buf,
-        FrameHeader::new(frame_type, FrameFlags(flags), stream_id, frame_id),
-        |b| b.extend_from_slice(payload),
-    );
-    buf.to_vec()
-}
-
-/// A length prefix announcing `len`, followed by `body` zero bytes.
-pub fn length_prefix(len: u32, body: usize) -> Vec<u8> {
-    let mut v = len.to_be_bytes().to_vec();
-    v.resize(4 + body, 0);
-    v
-}
-
-// ---------------------------------------------------------------------------------------------
 // HAProxy's side of a connection
 // ---------------------------------------------------------------------------------------------
-
-/// The payload of a frame received from the agent, decoded into owned values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// AGENT-HELLO.
-    AgentHello {
-        /// `version`.
-        version: Option<String>,
-        /// `max-frame-size`.
-        max_frame_size: Option<u64>,
-        /// `capabilities`.
-        capabilities: Option<String>,
-    },
-    /// ACK, its actions rendered with `Display` (`set-var txn.x = int64:1`).
-    Ack(Vec<String>),
-    /// AGENT-DISCONNECT.
-    Disconnect {
-        /// `status-code`.
-        status: Option<u64>,
-        /// `message`.
-        message: String,
-    },
-    /// Anything else (the agent should never send it), or an undecodable payload.
-    Other(String),
-}
-
-/// One frame received from the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    /// Its header.
-    pub header: FrameHeader,
-    /// Its payload.
-    pub reply: Reply,
-}
-
-impl fmt::Display for Received {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = &self.header;
-        match &self.reply {
-            Reply::AgentHello {
-                version,
-                max_frame_size,
-                capabilities,
-            } => write!(
-                f,
-                "AGENT-HELLO version {version:?} max-frame-size {max_frame_size:?} \
-                 capabilities {capabilities:?}"
-            ),
-            Reply::Ack(actions) => write!(f, "ACK {} {actions:?}", h.id()),
-            Reply::Disconnect { status, message } => {
-                write!(f, "AGENT-DISCONNECT status {status:?} {message:?}")
-            }
-            Reply::Other(what) => write!(f, "{:?} frame: {what}", h.frame_type),
-        }
-    }
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn decode_reply(header: &FrameHeader, payload: &[u8]) -> Reply {
-    match Frame::parse(header, payload) {
-        Ok(Frame::AgentHello(h)) => Reply::AgentHello {
-            version: h.version.map(lossy),
-            max_frame_size: h.max_frame_size,
-            capabilities: h.capabilities.map(lossy),
-        },
-        Ok(Frame::Ack(list)) => Reply::Ack(list.iter().map(|a| a.to_string()).collect()),
-        Ok(Frame::AgentDisconnect(d)) => Reply::Disconnect {
-            status: d.status_code,
-            message: d.message.map(lossy).unwrap_or_default(),
-        },
-        Ok(other) => Reply::Other(format!("{other:?}")),
-        Err(e) => Reply::Other(format!("undecodable payload: {e}")),
-    }
-}
 
 /// HAProxy's side of one TCP connection, blocking, every wait bounded.
 #[derive(Debug)]
 pub struct Peer {
     sock: TcpStream,
-    rbuf: BytesMut,
-    decoder: FrameDecoder,
+    frames: FrameReader,
 }
 
 impl Peer {
@@ -397,9 +267,7 @@ impl Peer {
         let _ = sock.set_nodelay(true);
         Ok(Self {
             sock,
-            rbuf: BytesMut::with_capacity(1024),
-            // larger than anything the agent may send: the agent's limits are what is tested
-            decoder: FrameDecoder::new(1 << 20),
+            frames: FrameReader::new(),
         })
     }
 
@@ -428,14 +296,8 @@ impl Peer {
     pub fn recv(&mut self, wait: Duration) -> Result<Option<Received>, String> {
         let deadline = Instant::now() + wait;
         loop {
-            match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(raw)) => {
-                    let reply = decode_reply(&raw.header, &raw.payload);
-                    return Ok(Some(Received {
-                        header: raw.header,
-                        reply,
-                    }));
-                }
+            match self.frames.next_frame() {
+                Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) => {}
                 Err(e) => return Err(format!("the agent sent a bad frame: {e}")),
             }
@@ -443,20 +305,20 @@ impl Peer {
             if left.is_zero() {
                 return Err(format!(
                     "nothing within {wait:?} ({} bytes of a partial frame buffered)",
-                    self.rbuf.len()
+                    self.frames.buffered().len()
                 ));
             }
             let _ = self.sock.set_read_timeout(Some(left));
             let mut chunk = [0u8; 4096];
             match self.sock.read(&mut chunk) {
-                Ok(0) if self.rbuf.is_empty() => return Ok(None),
+                Ok(0) if self.frames.buffered().is_empty() => return Ok(None),
                 Ok(0) => {
                     return Err(format!(
                         "EOF inside a frame ({} bytes buffered)",
-                        self.rbuf.len()
+                        self.frames.buffered().len()
                     ));
                 }
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
+                Ok(n) => self.frames.buf_mut().extend_from_slice(&chunk[..n]),
                 Err(e)
                     if matches!(
                         e.kind(),

@@ -51,6 +51,7 @@ struct Phase {
 }
 
 impl Phase {
+    #[allow(clippy::cast_possible_truncation, clippy::cast_precision_loss)] // statistics over a few thousand samples
     fn p(&self, q: f64) -> Duration {
         let mut v = self.ok.clone();
         v.sort();
@@ -61,6 +62,7 @@ impl Phase {
         v[i]
     }
 
+    #[allow(clippy::cast_possible_truncation)] // a few thousand samples
     fn mean(&self) -> Duration {
         if self.ok.is_empty() {
             return Duration::MAX;
@@ -68,11 +70,13 @@ impl Phase {
         self.ok.iter().sum::<Duration>() / self.ok.len() as u32
     }
 
+    #[allow(clippy::cast_precision_loss)] // statistics over a few thousand samples
     fn healthy_share(&self) -> f64 {
         let total = self.ok.len() + self.bad.len();
         self.ok.len() as f64 / total.max(1) as f64
     }
 
+    #[allow(clippy::cast_precision_loss)] // statistics over a few thousand samples
     fn summary(&self, secs: f64) -> String {
         format!(
             "healthy: {} answered by the agent, {} not ({:.3}%), {:.0} req/s, mean {:.2?}, p50 \
@@ -234,6 +238,7 @@ fn brownout(series: &str) {
             &brown.bad,
         );
     }
+    #[allow(clippy::cast_precision_loss)] // statistics over a few thousand samples
     let rate = |p: &Phase, d: Duration| p.ok.len() as f64 / d.as_secs_f64();
     if rate(&brown, brownout_len) < MIN_THROUGHPUT_SHARE * rate(&base, BASELINE) {
         fail(

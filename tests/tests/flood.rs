@@ -29,6 +29,7 @@ use spop_tests::hostile::{
     poll_until, raised_nofile,
 };
 
+#[allow(clippy::cast_precision_loss)] // a rate for a report
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
 }
@@ -267,6 +268,7 @@ impl Drop for ClientHelper {
 /// connections, then gets NOTIFY→ACK once one idle connection closes; once they all close the
 /// agent's fd count is back to where it was. Bound: 60 s (measured: 2.5 to 5 s).
 #[test]
+#[allow(clippy::cast_precision_loss)] // a rate for a report
 fn ten_thousand_idle_connections() {
     let t0 = Instant::now();
     let mut agent = EchoAgent::start_with_log(&[], "warn");
@@ -547,6 +549,7 @@ fn flood_notify(stream_id: u64, value: &str) -> Notify {
 /// [`MAX_FLOOD_GROWTH_MIB`] of where it was, another connection keeps working, and the
 /// flooding connection itself is still served once it reads.
 #[test]
+#[allow(clippy::cast_precision_loss)] // a ratio for a report
 fn pipelining_flood_without_reading_is_stopped_by_backpressure() {
     let t0 = Instant::now();
     let mut agent = EchoAgent::start_with_log(&[], "warn");
@@ -708,7 +711,7 @@ fn handlers_that_never_finish_are_abandoned_at_the_timeout() {
             "round {round}: (handler_timeouts, acks, notifies, handled, handler_cancelled): {m:?}"
         );
         assert!(
-            during <= baseline + (CONNS * PER_CONN) as usize,
+            during <= baseline + usize::try_from(CONNS * PER_CONN).expect("a few hundred"),
             "round {round}: {during} live tasks while 100 handlers hang (baseline {baseline})"
         );
         assert_eq!(

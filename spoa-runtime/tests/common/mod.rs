@@ -21,8 +21,7 @@ use bytes::BytesMut;
 use spoa_runtime::{
     BoxError, Handler, Listener, Metrics, Request, Server, ServerBuilder, handler_fn,
 };
-use spop_proto::frame::Frame;
-use spop_proto::frame::{FrameDecoder, FrameFlags, FrameHeader, HaproxyHello, encode_frame};
+use spop_proto::frame::{FrameFlags, HaproxyHello};
 use spop_proto::{Actions, FrameType, Notify, NotifyId, Scope};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -59,89 +58,17 @@ pub fn init_tracing() {
         .try_init();
 }
 
-// ---- frames as the stub sees them ---------------------------------------------------------
+// ---- frames as the stub sees them: shared with the other test peers (spop-tests) --------
 
-/// The payload of a frame received from the agent, decoded into owned values.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Reply {
-    /// AGENT-HELLO.
-    AgentHello {
-        version: Option<String>,
-        max_frame_size: Option<u64>,
-        capabilities: Option<String>,
-    },
-    /// ACK, its actions rendered with `Display` (`set-var txn.x = int64:1`).
-    Ack(Vec<String>),
-    /// AGENT-DISCONNECT.
-    Disconnect {
-        status: Option<u64>,
-        message: String,
-    },
-    /// Anything else (the agent should never send it).
-    Other(String),
-}
-
-/// One frame received from the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    pub header: FrameHeader,
-    pub reply: Reply,
-}
-
-impl Received {
-    /// The ACK's id and actions; panics on any other frame.
-    #[track_caller]
-    pub fn into_ack(self) -> (NotifyId, Vec<String>) {
-        match self.reply {
-            Reply::Ack(actions) => {
-                assert_eq!(self.header.flags, FrameFlags::FIN, "ACK flags");
-                (self.header.id(), actions)
-            }
-            other => panic!("expected an ACK, got {other:?}"),
-        }
-    }
-
-    /// The AGENT-DISCONNECT status code; panics on any other frame.
-    #[track_caller]
-    pub fn into_disconnect_status(self) -> u64 {
-        match self.reply {
-            Reply::Disconnect { status, .. } => status.expect("AGENT-DISCONNECT without status"),
-            other => panic!("expected an AGENT-DISCONNECT, got {other:?}"),
-        }
-    }
-}
-
-fn lossy(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn decode_reply(header: &FrameHeader, payload: &[u8]) -> Reply {
-    match Frame::parse(header, payload) {
-        Ok(Frame::AgentHello(h)) => Reply::AgentHello {
-            version: h.version.map(lossy),
-            max_frame_size: h.max_frame_size,
-            capabilities: h.capabilities.map(lossy),
-        },
-        Ok(Frame::Ack(list)) => Reply::Ack(list.iter().map(|a| a.to_string()).collect()),
-        Ok(Frame::AgentDisconnect(d)) => Reply::Disconnect {
-            status: d.status_code,
-            message: d.message.map(lossy).unwrap_or_default(),
-        },
-        Ok(other) => Reply::Other(format!("{other:?}")),
-        Err(e) => panic!(
-            "the agent sent an undecodable {:?} frame: {e}",
-            header.frame_type
-        ),
-    }
-}
+use spop_tests::peer::{FrameReader, hello_frame, raw_frame};
+pub use spop_tests::peer::{Received, Reply, notify_i};
 
 // ---- the stub ----------------------------------------------------------------------------
 
 /// HAProxy's side of one connection, over any byte stream.
 pub struct Stub<S> {
     io: S,
-    rbuf: BytesMut,
-    decoder: FrameDecoder,
+    frames: FrameReader,
 }
 
 impl Stub<TcpStream> {
@@ -166,9 +93,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stub<S> {
     pub fn new(io: S) -> Self {
         Self {
             io,
-            rbuf: BytesMut::with_capacity(16 * 1024),
-            // larger than anything the agent may send: the agent's limits are what is tested
-            decoder: FrameDecoder::new(1 << 20),
+            frames: FrameReader::new(),
         }
     }
 
@@ -182,9 +107,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stub<S> {
 
     /// Sends a HAPROXY-HELLO.
     pub async fn send_hello_frame(&mut self, hello: &HaproxyHello<'_>) {
-        let mut buf = BytesMut::new();
-        hello.encode(&mut buf);
-        self.send_raw(&buf).await;
+        self.send_raw(&hello_frame(hello)).await;
     }
 
     /// Sends HAProxy's usual HELLO: version 2.0, 16380 bytes, pipelining.
@@ -224,18 +147,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stub<S> {
 
     /// Sends a frame of an arbitrary type with flags FIN and ids 0/0.
     pub async fn send_frame(&mut self, frame_type: FrameType, payload: &[u8]) {
-        let mut buf = BytesMut::new();
-        encode_frame(
-            &mut buf,
-            FrameHeader::new(frame_type, FrameFlags::FIN, 0, 0),
-            |b| b.extend_from_slice(payload),
-        );
-        self.send_raw(&buf).await;
+        self.send_raw(&raw_frame(frame_type, FrameFlags::FIN.0, 0, 0, payload))
+            .await;
     }
 
     /// One `read` from the socket into the receive buffer; returns the bytes read (0 at EOF).
     pub async fn read_once(&mut self) -> usize {
-        tokio::time::timeout(STEP, self.io.read_buf(&mut self.rbuf))
+        tokio::time::timeout(STEP, self.io.read_buf(self.frames.buf_mut()))
             .await
             .expect("read timed out")
             .expect("read failed")
@@ -243,29 +161,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stub<S> {
 
     /// The bytes received and not yet decoded.
     pub fn buffered(&self) -> &[u8] {
-        &self.rbuf
+        self.frames.buffered()
     }
 
     /// The next frame, or `None` at a clean EOF. No timeout; cancel-safe.
     pub async fn try_recv(&mut self) -> io::Result<Option<Received>> {
         loop {
-            match self.decoder.decode(&mut self.rbuf) {
-                Ok(Some(raw)) => {
-                    let reply = decode_reply(&raw.header, &raw.payload);
-                    return Ok(Some(Received {
-                        header: raw.header,
-                        reply,
-                    }));
-                }
+            match self.frames.next_frame() {
+                Ok(Some(Received {
+                    header,
+                    reply: Reply::Undecodable(e),
+                })) => panic!(
+                    "the agent sent an undecodable {:?} frame: {e}",
+                    header.frame_type
+                ),
+                Ok(Some(frame)) => return Ok(Some(frame)),
                 Ok(None) => {}
                 Err(e) => panic!("the agent sent a bad frame: {e}"),
             }
-            if self.io.read_buf(&mut self.rbuf).await? == 0 {
-                assert!(
-                    self.rbuf.is_empty(),
-                    "EOF inside a frame ({} bytes buffered)",
-                    self.rbuf.len()
-                );
+            if self.io.read_buf(self.frames.buf_mut()).await? == 0 {
+                let left = self.frames.buffered().len();
+                assert!(left == 0, "EOF inside a frame ({left} bytes buffered)");
                 return Ok(None);
             }
         }
@@ -324,11 +240,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Stub<S> {
 
 // ---- NOTIFYs and handlers ----------------------------------------------------------------
 
-/// A NOTIFY with message `m` carrying `i` (INT64, as HAProxy sends integer samples).
-pub fn notify_i(id: NotifyId, i: i64) -> Notify {
-    Notify::builder(id).message("m").arg("i", i).build()
-}
-
 /// A NOTIFY with message `m` carrying `i` and one more argument telling [`scripted`] what to do.
 pub fn notify_with(
     id: NotifyId,
@@ -354,7 +265,10 @@ pub fn scripted() -> impl Handler {
         let sleep_ms = m.arg("sleep_ms").and_then(|v| v.as_u64());
         let flag = |name: &str| m.arg(name).and_then(|v| v.as_bool()) == Some(true);
         let (panic, fail, hang) = (flag("panic"), flag("fail"), flag("hang"));
-        let big = m.arg("big").and_then(|v| v.as_u64()).map(|n| n as usize);
+        let big = m
+            .arg("big")
+            .and_then(|v| v.as_u64())
+            .map(|n| usize::try_from(n).expect("a test payload size"));
         if let Some(ms) = sleep_ms {
             tokio::time::sleep(Duration::from_millis(ms)).await;
         }

@@ -38,6 +38,7 @@ pub const PAD_VAR_NAME: &str = "spoa_pad_ack";
 
 /// The padding action as encoded on the wire: `unset-var` (2), 2 arguments, scope
 /// transaction, then the name as a length-prefixed string (12 < 240: a one-byte varint).
+#[allow(clippy::cast_possible_truncation)] // the name's length, 12
 const PAD_ACTION: [u8; 4 + PAD_VAR_NAME.len()] = {
     let mut a = [0u8; 4 + PAD_VAR_NAME.len()];
     a[0] = 2;

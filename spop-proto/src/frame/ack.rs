@@ -5,9 +5,9 @@ use std::fmt;
 use bytes::{BufMut, BytesMut};
 
 use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
-use crate::data::{TypedData, decode_typed, put_raw_str};
+use crate::data::{TypedData, name, put_raw_str, typed_data};
 use crate::error::DecodeError;
-use crate::parse::{self, DResult};
+use crate::parse::{self, Emit, PResult, byte};
 use crate::status::FrameType;
 use crate::varint;
 
@@ -19,7 +19,6 @@ use crate::varint;
 /// assert_eq!("sess".parse::<Scope>(), Ok(Scope::Session));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_enums)]
 pub enum Scope {
     /// `proc` (0): process-wide.
     Process = 0,
@@ -120,30 +119,32 @@ impl fmt::Display for Action<'_> {
     }
 }
 
+/// The grammar's action: `<TYPE:1 byte><NB-ARGS:1 byte>`, then the scope byte and the
+/// variable name, and for set-var its value (set-var takes 3 arguments, unset-var 2).
 #[inline]
-fn action(i: &[u8]) -> DResult<'_, Action<'_>> {
-    let (i, code) = parse::p_byte(i, "action type")?;
-    let (i, nb_args) = parse::p_byte(i, "action nb-args")?;
+fn action(i: &[u8]) -> PResult<'_, Action<'_>> {
+    let (i, code) = byte(i, "action type")?;
+    let (i, nb_args) = byte(i, "action nb-args")?;
     let expected = match code {
         SET_VAR => 3,
         UNSET_VAR => 2,
-        other => return Err(DecodeError::UnknownAction(other)),
+        other => return parse::fail(DecodeError::UnknownAction(other)),
     };
     if nb_args != expected {
-        return Err(DecodeError::BadActionArgs {
+        return parse::fail(DecodeError::BadActionArgs {
             action: code,
             nb_args,
         });
     }
-    let (i, sb) = parse::p_byte(i, "action scope")?;
+    let (i, sb) = byte(i, "action scope")?;
     let Some(scope) = Scope::from_byte(sb) else {
-        return Err(DecodeError::UnknownScope(sb));
+        return parse::fail(DecodeError::UnknownScope(sb));
     };
-    let (i, name) = parse::p_name(i, "variable name")?;
+    let (i, name) = name::<Emit>(i, "variable name")?;
     if code == UNSET_VAR {
         return Ok((i, Action::UnsetVar { scope, name }));
     }
-    let (i, value) = decode_typed(i)?;
+    let (i, value) = typed_data::<Emit>(i)?;
     Ok((i, Action::SetVar { scope, name, value }))
 }
 
@@ -166,10 +167,7 @@ impl<'a> ActionList<'a> {
     /// );
     /// ```
     pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        let mut rest = payload;
-        while !rest.is_empty() {
-            rest = action(rest)?.0;
-        }
+        parse::run(parse::list(action), payload)?;
         Ok(Self { payload })
     }
 
@@ -192,19 +190,8 @@ struct ActionIter<'a> {
 impl<'a> Iterator for ActionIter<'a> {
     type Item = Action<'a>;
     fn next(&mut self) -> Option<Action<'a>> {
-        if self.rest.is_empty() {
-            return None;
-        }
-        match action(self.rest) {
-            Ok((rest, a)) => {
-                self.rest = rest;
-                Some(a)
-            }
-            Err(_) => {
-                self.rest = &[];
-                None
-            }
-        }
+        // validated by `ActionList::parse`, or encoded by `Actions`
+        parse::next_item(&mut self.rest, action)
     }
 }
 

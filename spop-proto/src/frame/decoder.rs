@@ -2,10 +2,8 @@
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use super::{FrameFlags, FrameHeader, MIN_FRAME_LEN, RawFrame};
+use super::{FrameHeader, MIN_FRAME_LEN, RawFrame};
 use crate::error::DecodeError;
-use crate::parse;
-use crate::status::FrameType;
 
 /// The most [`FrameDecoder::decode`] reserves in one go for a frame still arriving.
 const RESERVE_STEP: usize = 8 * 1024;
@@ -42,24 +40,8 @@ pub fn split_frame(buf: &[u8], max_frame_size: u32) -> Result<Option<SplitFrame<
         return Ok(None);
     }
     let frame = &buf[4..total];
-    let (header, hdr_len) = decode_header(frame)?;
+    let (header, hdr_len) = FrameHeader::decode(frame)?;
     Ok(Some((header, &frame[hdr_len..], total)))
-}
-
-/// [`FrameHeader::decode`] on the hot path: the same checks and errors, inlined.
-#[inline(always)]
-fn decode_header(frame: &[u8]) -> Result<(FrameHeader, usize), DecodeError> {
-    let (i, t) = parse::p_byte(frame, "frame header")?;
-    let (i, flags) = parse::p_array::<4>(i, "frame header")?;
-    let (i, sid) = parse::p_varint(i)?;
-    let (i, fid) = parse::p_varint(i)?;
-    let header = FrameHeader::new(
-        FrameType(t),
-        FrameFlags(u32::from_be_bytes(flags)),
-        sid,
-        fid,
-    );
-    Ok((header, frame.len() - i.len()))
 }
 
 /// Reads and checks the length prefix; `None` if fewer than 4 bytes are buffered.
@@ -136,7 +118,7 @@ impl FrameDecoder {
         // The header is decoded in place, so the payload needs a single new handle on the read
         // buffer (one reference-count update; splitting the frame, slicing it and dropping the
         // frame took three).
-        let (header, hdr_len) = match decode_header(&src[4..4 + len]) {
+        let (header, hdr_len) = match FrameHeader::decode(&src[4..4 + len]) {
             Ok(h) => h,
             Err(e) => {
                 src.advance(4 + len);

@@ -21,7 +21,6 @@ pub const SUPPORTED_VERSION: &str = "2.0";
 /// assert_eq!(caps.to_string(), "pipelining,async");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
-#[allow(clippy::exhaustive_structs)]
 pub struct Capabilities {
     /// Several NOTIFYs in flight per connection, ACKs in any order.
     pub pipelining: bool,

@@ -56,7 +56,6 @@ pub const DEFAULT_MAX_FRAME_SIZE: u32 = 16380;
 /// assert_eq!(id.to_string(), "stream-id 1, frame-id 1");
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
-#[allow(clippy::exhaustive_structs)]
 pub struct NotifyId {
     /// The stream-id.
     pub stream_id: u64,
@@ -149,7 +148,6 @@ impl fmt::Debug for FrameFlags {
 /// assert_eq!(len, 7);
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[allow(clippy::exhaustive_structs)]
 pub struct FrameHeader {
     /// Frame type.
     pub frame_type: FrameType,
@@ -184,6 +182,7 @@ impl FrameHeader {
 
     /// Decodes a header from the start of a frame (after the length prefix); returns it and its
     /// encoded length.
+    #[inline(always)]
     pub fn decode(frame: &[u8]) -> Result<(Self, usize), DecodeError> {
         let (rest, hdr) = parse::run(header, frame)?;
         Ok((hdr, frame.len() - rest.len()))
@@ -210,16 +209,15 @@ impl FrameHeader {
 /// The longest frame header: type, flags and two ten-byte varints.
 const HEADER_MAX: usize = 1 + 4 + 2 * varint::MAX_LEN;
 
+/// The grammar's frame header: `<FRAME-TYPE:1 byte><FLAGS:4 bytes><STREAM-ID:varint><FRAME-ID:varint>`.
+#[inline(always)]
 fn header(i: &[u8]) -> parse::PResult<'_, FrameHeader> {
-    let (i, t) = parse::byte("frame header")(i)?;
-    let (i, f) = parse::bytes(4, "frame header")(i)?;
-    let flags = u32::from_be_bytes([f[0], f[1], f[2], f[3]]);
-    let (i, sid) = parse::varint(i)?;
-    let (i, fid) = parse::varint(i)?;
-    Ok((
-        i,
-        FrameHeader::new(FrameType(t), FrameFlags(flags), sid, fid),
-    ))
+    let (i, t) = parse::byte(i, "frame header")?;
+    let (i, flags) = parse::array::<4>(i, "frame header")?;
+    let (i, sid) = parse::named("varint", varint::varint(i))?;
+    let (i, fid) = parse::named("varint", varint::varint(i))?;
+    let flags = FrameFlags(u32::from_be_bytes(flags));
+    Ok((i, FrameHeader::new(FrameType(t), flags, sid, fid)))
 }
 
 /// Writes one complete frame (length prefix included) into `dst` as a single contiguous run:

@@ -3,14 +3,13 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
-use crate::data::{TypedData, check_typed, decode_typed, put_raw_str, skip_typed};
+use crate::data::{TypedData, name, put_raw_str, raw_str, typed_data};
 use crate::error::DecodeError;
-use crate::parse::{self, DResult};
+use crate::parse::{self, Check, Emit, MResult, Mode, byte};
 use crate::status::FrameType;
 
 /// One argument of a message. Names may be empty (unnamed `args`) or repeated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[allow(clippy::exhaustive_structs)]
 pub struct Arg<'a> {
     /// The argument name (`""` when unnamed).
     pub name: &'a str,
@@ -61,15 +60,16 @@ impl<'a> Message<'a> {
     /// assert_eq!(m.arg("b"), None);
     /// ```
     pub fn arg(&self, name: &str) -> Option<TypedData<'a>> {
-        // Same result as `self.args().find(|a| a.name == name)` on the validated region, but
-        // names are compared as bytes and only the matching value is decoded.
+        // `self.args().find(|a| a.name == name)`, with the argument rule taken apart: on the
+        // validated region a name equals `name` exactly when its bytes do, and the values of
+        // the other arguments are only stepped over (`Check`)
         let mut rest = self.args;
         for _ in 0..self.nb_args {
-            let (i, raw) = parse::p_raw_str(rest, "argument name").ok()?;
+            let (i, raw) = raw_str(rest, "argument name").ok()?;
             if raw == name.as_bytes() {
-                return decode_typed(i).ok().map(|(_, v)| v);
+                return typed_data::<Emit>(i).ok().map(|(_, v)| v);
             }
-            rest = skip_typed(i)?;
+            rest = typed_data::<Check>(i).ok()?.0;
         }
         None
     }
@@ -97,7 +97,7 @@ impl<'a> Iterator for Args<'a> {
         }
         self.left -= 1;
         // The region was validated when the NOTIFY was parsed.
-        let (rest, a) = arg(self.rest).ok()?;
+        let (rest, a) = arg::<Emit>(self.rest).ok()?;
         self.rest = rest;
         Some(a)
     }
@@ -109,51 +109,35 @@ impl<'a> Iterator for Args<'a> {
 
 impl ExactSizeIterator for Args<'_> {}
 
+/// The grammar's argument: `<NAME:name><VALUE:typed data>` (the name may be empty).
 #[inline(always)]
-fn arg(i: &[u8]) -> DResult<'_, Arg<'_>> {
-    let (i, name) = parse::p_name(i, "argument name")?;
-    let (i, value) = decode_typed(i)?;
-    Ok((i, Arg { name, value }))
-}
-
-/// Validates one message (every name and value); returns what follows it.
-#[inline(always)]
-fn check_message(input: &[u8]) -> Result<&[u8], DecodeError> {
-    let i = parse::p_check_name(input, "message name")?;
-    let (mut i, nb_args) = parse::p_byte(i, "message nb-args")?;
-    for _ in 0..nb_args {
-        i = parse::p_check_name(i, "argument name")?;
-        i = check_typed(i)?;
-    }
-    Ok(i)
-}
-
-/// Steps over the arguments of a message of an already validated payload; returns what
-/// follows them. `None` where [`check_message`] would have failed for want of bytes.
-#[inline(always)]
-fn skip_args(mut i: &[u8], nb_args: u8) -> Option<&[u8]> {
-    for _ in 0..nb_args {
-        let (rest, _) = parse::p_raw_str(i, "argument name").ok()?;
-        i = skip_typed(rest)?;
-    }
-    Some(i)
-}
-
-/// One message of an already validated payload: its name is checked (it is handed out as a
-/// `&str`), its arguments are only stepped over (they were validated by [`check_message`]).
-#[inline(always)]
-fn next_message(input: &[u8]) -> Option<(&[u8], Message<'_>)> {
-    let (i, name) = parse::p_name(input, "message name").ok()?;
-    let (start, nb_args) = parse::p_byte(i, "message nb-args").ok()?;
-    let i = skip_args(start, nb_args)?;
-    let args = &start[..start.len() - i.len()];
-    Some((
+fn arg<'a, M: Mode>(i: &'a [u8]) -> MResult<'a, M, Arg<'a>> {
+    let (i, name) = name::<M>(i, "argument name")?;
+    let (i, value) = typed_data::<M>(i)?;
+    Ok((
         i,
-        Message {
+        M::combine(name, value, |name, value| Arg { name, value }),
+    ))
+}
+
+/// The grammar's message: `<NAME:name><NB-ARGS:1 byte>` then that many arguments, kept as
+/// the bytes they span (checked, not built: [`Args`] builds them).
+#[inline(always)]
+fn message<'a, M: Mode>(i: &'a [u8]) -> MResult<'a, M, Message<'a>> {
+    let (i, name) = name::<M>(i, "message name")?;
+    let (args, nb_args) = byte(i, "message nb-args")?;
+    let mut i = args;
+    for _ in 0..nb_args {
+        i = arg::<Check>(i)?.0;
+    }
+    let args = &args[..args.len() - i.len()];
+    Ok((
+        i,
+        M::map(name, |name| Message {
             name,
             nb_args,
             args,
-        },
+        }),
     ))
 }
 
@@ -174,10 +158,7 @@ impl<'a> MessageList<'a> {
     /// Validates a whole NOTIFY payload: names UTF-8, types known, counts honoured, nothing
     /// truncated. Iteration afterwards cannot fail.
     pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        let mut rest = payload;
-        while !rest.is_empty() {
-            rest = check_message(rest)?;
-        }
+        parse::run(parse::list(message::<Check>), payload)?;
         Ok(Self { payload })
     }
 
@@ -211,20 +192,8 @@ impl<'a> Iterator for Messages<'a> {
 
     #[inline]
     fn next(&mut self) -> Option<Self::Item> {
-        if self.rest.is_empty() {
-            return None;
-        }
         // The payload was validated when the NOTIFY was parsed (or built by `NotifyBuilder`).
-        match next_message(self.rest) {
-            Some((rest, m)) => {
-                self.rest = rest;
-                Some(m)
-            }
-            None => {
-                self.rest = &[];
-                None
-            }
-        }
+        parse::next_item(&mut self.rest, message::<Emit>)
     }
 }
 
@@ -279,16 +248,15 @@ impl Notify {
 
     /// The first message with this name.
     pub fn message(&self, name: &str) -> Option<Message<'_>> {
-        // Same result as `self.messages().find(|m| m.name == name)` on the validated payload,
-        // but names are compared as bytes and other messages' arguments only stepped over.
+        // `self.messages().find(|m| m.name == name)`, names compared as bytes (see
+        // `Message::arg`) and the other messages only stepped over (`Check`)
         let mut rest: &[u8] = &self.payload;
         while !rest.is_empty() {
-            let (i, raw) = parse::p_raw_str(rest, "message name").ok()?;
+            let (_, raw) = raw_str(rest, "message name").ok()?;
             if raw == name.as_bytes() {
-                return next_message(rest).map(|(_, m)| m);
+                return message::<Emit>(rest).ok().map(|(_, m)| m);
             }
-            let (i, nb_args) = parse::p_byte(i, "message nb-args").ok()?;
-            rest = skip_args(i, nb_args)?;
+            rest = message::<Check>(rest).ok()?.0;
         }
         None
     }
