@@ -68,6 +68,8 @@ mod failures;
 mod handler;
 mod listen;
 mod metrics;
+#[cfg(feature = "prometheus")]
+mod prometheus;
 pub mod router;
 pub mod sd_notify;
 mod server;
@@ -89,9 +91,9 @@ pub use handler::{
     BlockingFn, BoxError, ConnInfo, Handler, HandlerFn, Request, blocking_fn, handler_fn,
 };
 pub use listen::{Inherited, LISTEN_BACKLOG, bind_tcp, inherited_listeners};
-#[cfg(feature = "prometheus")]
-pub use metrics::serve_prometheus;
 pub use metrics::{LATENCY_BUCKETS, Metrics, MetricsSnapshot};
+#[cfg(feature = "prometheus")]
+pub use prometheus::serve_prometheus;
 pub use router::{Routed, Router};
 pub use server::{Listener, Server, ServerBuilder};
 pub use spop_proto;

@@ -2,8 +2,6 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-#[cfg(feature = "prometheus")]
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
@@ -592,36 +590,5 @@ impl Metrics {
         let _ = writeln!(out, "spoa_handler_duration_seconds_sum {sum}");
         let _ = writeln!(out, "spoa_handler_duration_seconds_count {count}");
         out
-    }
-}
-
-/// Serves `GET /metrics` (any path, in fact) in Prometheus text format until `shutdown`
-/// completes. Deliberately tiny: one request per connection, no keep-alive.
-#[cfg(feature = "prometheus")]
-pub async fn serve_prometheus(
-    listener: tokio::net::TcpListener,
-    metrics: Arc<Metrics>,
-    shutdown: impl Future<Output = ()>,
-) -> std::io::Result<()> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    tokio::pin!(shutdown);
-    loop {
-        let (mut sock, _) = tokio::select! {
-            () = &mut shutdown => return Ok(()),
-            res = listener.accept() => res?,
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let _ = tokio::time::timeout(Duration::from_secs(2), sock.read(&mut buf)).await;
-            let body = metrics.render_prometheus();
-            let head = format!(
-                "HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                body.len()
-            );
-            let _ = sock.write_all(head.as_bytes()).await;
-            let _ = sock.write_all(body.as_bytes()).await;
-            let _ = sock.shutdown().await;
-        });
     }
 }

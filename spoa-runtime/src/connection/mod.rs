@@ -15,43 +15,39 @@
 //! read or write buffer only while bytes wait in it: idle, it lends them to its worker
 //! thread's spare slot.
 
-use std::cell::Cell;
 use std::future::{Future, poll_fn};
-use std::io;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::{Context, Poll, Waker};
-use std::thread::LocalKey;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use spop_proto::{
-    AckError, Actions, AgentConnection, ConnectionError, Event, Notify, NotifyId, StatusCode,
-};
+use spop_proto::{Actions, AgentConnection, ConnectionError, Event, Notify, StatusCode};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
-use tokio_util::io::{poll_read_buf, poll_write_buf};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, debug_span, info, info_span, warn};
 
-use crate::config::FallbackReason;
-use crate::handler::{BoxError, ConnInfo, Handler, Request};
+mod answer;
+mod socket;
+mod tasks;
+
+use answer::Counts;
+use socket::{IoEvent, SPARE_READ, SPARE_WRITE, give_back, lend, poll_io};
+pub(crate) use tasks::Outcome;
+use tasks::{FromTasks, Spawned, Supervised, poll_tasks};
+
+use crate::handler::{ConnInfo, Handler, Request};
 use crate::server::{Server, Shared};
-use crate::unwind::{CatchUnwind, Panicked};
 
 static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long the final frames (AGENT-DISCONNECT) may take to write after a close.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
-/// Room made before a read (HAProxy 2.6 batches up to 20 NOTIFYs per write, 3.x sends one
-/// per read). Buffers are lent by the worker thread's spare slot while a read waits, so an
-/// idle connection holds none; one that grew above `KEEP_CAPACITY` is not kept.
-const READ_CHUNK: usize = 8 * 1024;
-const KEEP_CAPACITY: usize = 64 * 1024;
 /// An ACK buffer larger than this (a handler that once answered with many variables) is not
 /// recycled into the next request.
 const KEEP_ACTIONS: usize = 1024;
@@ -60,35 +56,6 @@ const KEEP_ACTIONS: usize = 1024;
 /// hold almost nothing, busy ones never reallocate.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
-thread_local! {
-    /// Each thread's spare read and write buffers: a connection holds one only while bytes
-    /// wait in it, and hands it back when it empties.
-    static SPARE_READ: Cell<Option<BytesMut>> = const { Cell::new(None) };
-    static SPARE_WRITE: Cell<Option<BytesMut>> = const { Cell::new(None) };
-}
-
-/// An empty buffer with room for `want` bytes: the thread's spare one (reclaiming its memory
-/// when nothing else refers to it), or a new one.
-fn lend(pool: &'static LocalKey<Cell<Option<BytesMut>>>, want: usize) -> BytesMut {
-    let mut b = pool.try_with(Cell::take).ok().flatten().unwrap_or_default();
-    b.reserve(want);
-    b
-}
-
-/// Hands an empty buffer back to the thread's spare slot (keeping the larger of two).
-fn give_back(pool: &'static LocalKey<Cell<Option<BytesMut>>>, b: &mut BytesMut) {
-    let b = std::mem::take(b);
-    if b.capacity() == 0 || b.capacity() > KEEP_CAPACITY || !b.is_empty() {
-        return;
-    }
-    let _ = pool.try_with(|slot| {
-        let keep = match slot.take() {
-            Some(old) if old.capacity() >= b.capacity() => old,
-            _ => b,
-        };
-        slot.set(Some(keep));
-    });
-}
 /// Once a drain stops reading, what is in flight is answered within its budget (its own
 /// fallback); the state machine's drain deadline is a backstop, this much later, so the
 /// fallbacks always win the race.
@@ -174,24 +141,6 @@ async fn call<H: Handler>(handler: Arc<ConnHandler<H>>, req: Request) -> Result<
     handler.0.handle_notify(req).await
 }
 
-/// How a handler ended, as far as the ACK is concerned.
-pub(crate) enum Outcome {
-    Done(Actions),
-    Failed(BoxError),
-    Panicked,
-    Fallback(FallbackReason),
-}
-
-impl Outcome {
-    fn of<E: Into<BoxError>>(r: Result<Result<Actions, E>, Panicked>) -> Self {
-        match r {
-            Ok(Ok(a)) => Self::Done(a),
-            Ok(Err(e)) => Self::Failed(e.into()),
-            Err(Panicked) => Self::Panicked,
-        }
-    }
-}
-
 struct Driver<H, Mk, F> {
     handler: Arc<ConnHandler<H>>,
     call: Mk,
@@ -213,121 +162,6 @@ struct Driver<H, Mk, F> {
     write_stalled: bool,
     /// An ACK was queued since the drain last looked.
     acked: bool,
-}
-
-/// The handlers that had to wait: their tasks, how they report back, and the connection's
-/// late slots.
-struct Spawned {
-    tasks: JoinSet<()>,
-    tx: mpsc::UnboundedSender<(NotifyId, Outcome)>,
-    rx: mpsc::UnboundedReceiver<(NotifyId, Outcome)>,
-    late: Arc<Semaphore>,
-}
-
-/// What the handler tasks did.
-enum FromTasks {
-    Outcome(NotifyId, Outcome),
-    /// A task ended (late ones report nothing else).
-    Reaped,
-}
-
-/// The next outcome (if `outcomes` is allowed), or a finished task to reap.
-fn poll_tasks(
-    spawned: &mut Option<Spawned>,
-    cx: &mut Context<'_>,
-    outcomes: bool,
-) -> Poll<FromTasks> {
-    let Some(s) = spawned else {
-        return Poll::Pending;
-    };
-    if outcomes {
-        if let Poll::Ready(Some((id, outcome))) = s.rx.poll_recv(cx) {
-            return Poll::Ready(FromTasks::Outcome(id, outcome));
-        }
-    }
-    if !s.tasks.is_empty() {
-        if let Poll::Ready(Some(_)) = s.tasks.poll_join_next(cx) {
-            return Poll::Ready(FromTasks::Reaped);
-        }
-    }
-    Poll::Pending
-}
-
-/// What a connection counted since its last turn.
-#[derive(Debug, Default)]
-struct Counts {
-    notifies: u64,
-    acks: u64,
-    bytes_in: u64,
-    bytes_out: u64,
-    /// The handlers of the last batch that completed inline, and how long it took.
-    inline: Option<(Duration, u64)>,
-}
-
-impl Counts {
-    /// Adds the counts to the calling thread's counters, and starts again from zero.
-    fn flush(&mut self, metrics: &Arc<crate::Metrics>) {
-        if self.notifies | self.acks | self.bytes_in | self.bytes_out == 0 && self.inline.is_none()
-        {
-            return;
-        }
-        let c = std::mem::take(self);
-        metrics.local(|hot| {
-            hot.add(c.notifies, c.acks, c.bytes_in, c.bytes_out);
-            if let Some((d, n)) = c.inline {
-                hot.handler_latency(d, n);
-            }
-        });
-    }
-}
-
-/// What the socket did.
-enum IoEvent {
-    Wrote(io::Result<usize>),
-    /// A write could not complete at once (the peer's window is full): the write timeout
-    /// has to be armed.
-    WriteBlocked,
-    Read(io::Result<usize>),
-}
-
-/// Writes what is queued, else reads if allowed, on one stream (no split halves and their
-/// lock). While a read waits, the read buffer goes back to the thread's spare slot.
-fn poll_io<IO: AsyncRead + AsyncWrite>(
-    mut io: Pin<&mut IO>,
-    cx: &mut Context<'_>,
-    out: &mut BytesMut,
-    rbuf: &mut BytesMut,
-    can_read: bool,
-    write_blocked: &mut bool,
-) -> Poll<IoEvent> {
-    if !out.is_empty() {
-        match poll_write_buf(io.as_mut(), cx, out) {
-            Poll::Ready(r) => {
-                *write_blocked = false;
-                return Poll::Ready(IoEvent::Wrote(r));
-            }
-            Poll::Pending if !*write_blocked => {
-                *write_blocked = true;
-                return Poll::Ready(IoEvent::WriteBlocked);
-            }
-            Poll::Pending => {}
-        }
-    }
-    if can_read {
-        if rbuf.capacity() - rbuf.len() < READ_CHUNK / 2 {
-            if rbuf.is_empty() {
-                *rbuf = lend(&SPARE_READ, READ_CHUNK);
-            } else {
-                rbuf.reserve(READ_CHUNK);
-            }
-        }
-        match poll_read_buf(io.as_mut(), cx, rbuf) {
-            Poll::Ready(r) => return Poll::Ready(IoEvent::Read(r)),
-            Poll::Pending if rbuf.is_empty() => give_back(&SPARE_READ, rbuf),
-            Poll::Pending => {}
-        }
-    }
-    Poll::Pending
 }
 
 impl<H, Mk, F> Driver<H, Mk, F>
@@ -717,115 +551,6 @@ where
         None
     }
 
-    fn ack(&mut self, conn: &mut AgentConnection, id: NotifyId, outcome: Outcome, now: Instant) {
-        self.acked = true;
-        let metrics = &self.shared.metrics;
-        let (actions, reason) = match outcome {
-            Outcome::Done(a) => (a, None),
-            Outcome::Panicked => {
-                metrics.handler_panic();
-                self.log_failure(id, FallbackReason::Panic, None, now);
-                (
-                    self.fallback(FallbackReason::Panic),
-                    Some(FallbackReason::Panic),
-                )
-            }
-            Outcome::Failed(e) => {
-                metrics.handler_error();
-                self.log_failure(id, FallbackReason::Error, Some(&e), now);
-                (
-                    self.fallback(FallbackReason::Error),
-                    Some(FallbackReason::Error),
-                )
-            }
-            Outcome::Fallback(reason) => {
-                match reason {
-                    FallbackReason::Overload => metrics.handler_overload(),
-                    _ => metrics.handler_timeout(),
-                }
-                self.log_failure(id, reason, None, now);
-                (self.fallback(reason), Some(reason))
-            }
-        };
-        let std_now = now.into_std();
-        match conn.send_ack(std_now, id, &actions) {
-            Ok(()) => self.counts.acks += 1,
-            Err(AckError::FrameTooLarge { len, max }) if reason.is_none() => {
-                metrics.ack_too_large();
-                self.log_failure(id, FallbackReason::TooLarge, None, now);
-                debug!(len, max, "ACK larger than the negotiated frame size");
-                if conn
-                    .send_ack(std_now, id, &self.fallback(FallbackReason::TooLarge))
-                    .is_ok()
-                {
-                    self.counts.acks += 1;
-                }
-            }
-            // closed or draining past the deadline: HAProxy has given up on it
-            Err(e) => debug!(error = %e, "ACK not sent"),
-        }
-        if actions.as_bytes().len() <= KEEP_ACTIONS {
-            let mut actions = actions;
-            actions.clear();
-            self.spare_actions = actions;
-        }
-    }
-
-    /// The fallback ACK's actions: the error variable, if configured (else nothing, and the
-    /// state machine pads the ACK).
-    fn fallback(&self, reason: FallbackReason) -> Actions {
-        let mut a = Actions::new();
-        if let Some((scope, name)) = &self.shared.config.error_var {
-            a.set_var(*scope, name, reason.code());
-        }
-        a
-    }
-
-    fn log_failure(
-        &self,
-        id: NotifyId,
-        reason: FallbackReason,
-        error: Option<&BoxError>,
-        now: Instant,
-    ) {
-        if !self.shared.failures.admit(reason, now) {
-            return;
-        }
-        let (stream_id, frame_id) = (id.stream_id, id.frame_id);
-        let code = reason.code();
-        match (reason, error) {
-            (FallbackReason::Error, Some(e)) => {
-                warn!(stream_id, frame_id, error = %e, code, "handler failed; sent the fallback ACK");
-            }
-            (FallbackReason::Panic, _) => {
-                warn!(
-                    stream_id,
-                    frame_id, code, "handler panicked; sent the fallback ACK"
-                );
-            }
-            (FallbackReason::Timeout, _) => warn!(
-                stream_id,
-                frame_id,
-                code,
-                budget = ?self.shared.budget,
-                "handler ran out of its budget; sent the fallback ACK"
-            ),
-            (FallbackReason::Overload, _) => warn!(
-                stream_id,
-                frame_id,
-                code,
-                "no handler slot free within the budget (handler_concurrency); sent the fallback ACK"
-            ),
-            (FallbackReason::TooLarge, _) => warn!(
-                stream_id,
-                frame_id,
-                code,
-                "the handler's ACK exceeds the negotiated frame size; sent the fallback ACK"
-            ),
-            (FallbackReason::Error, None) => {}
-        }
-    }
-
     async fn finish<IO: AsyncWrite>(
         &mut self,
         mut io: Pin<&mut IO>,
@@ -875,71 +600,5 @@ where
                 warn!("on_disconnect panicked");
             }
         }
-    }
-}
-
-/// A handler that had to wait, on its own task.
-struct Supervised {
-    id: NotifyId,
-    started: Instant,
-    deadline: Instant,
-    late_limit: Duration,
-    late: Arc<Semaphore>,
-    tx: mpsc::UnboundedSender<(NotifyId, Outcome)>,
-    shared: Arc<Shared>,
-}
-
-impl Supervised {
-    /// Runs `fut` holding its handler slot: `permit` (taken before the first poll) or one
-    /// waited for behind the concurrency limit (`queued`).
-    async fn run<F, E>(
-        self,
-        fut: Pin<Box<F>>,
-        permit: Option<OwnedSemaphorePermit>,
-        queued: Option<Arc<Semaphore>>,
-    ) where
-        F: Future<Output = Result<Actions, E>> + Send + 'static,
-        E: Into<BoxError>,
-    {
-        // Behind the concurrency limit: wait for a slot, but not past the deadline.
-        let _slot: Option<OwnedSemaphorePermit> = match queued {
-            None => permit,
-            Some(limiter) => {
-                match tokio::time::timeout_at(self.deadline, limiter.acquire_owned()).await {
-                    Ok(Ok(p)) => Some(p),
-                    _ => {
-                        self.report(Outcome::Fallback(FallbackReason::Overload));
-                        return;
-                    }
-                }
-            }
-        };
-        let mut fut = CatchUnwind::new(fut);
-        tokio::select! {
-            biased;
-            res = &mut fut => {
-                self.shared.metrics.handler_latency(self.started.elapsed());
-                self.report(Outcome::of(res));
-                return;
-            }
-            () = tokio::time::sleep_until(self.deadline) => {}
-        }
-        self.shared.metrics.handler_latency(self.started.elapsed());
-        self.report(Outcome::Fallback(FallbackReason::Timeout));
-        // Past the budget: the ACK is on its way. Let the handler finish if the connection has
-        // a late slot, within the late limit; its result is dropped.
-        let Ok(_late) = self.late.try_acquire() else {
-            self.shared.metrics.handler_cancelled();
-            return;
-        };
-        match tokio::time::timeout_at(self.deadline + self.late_limit, fut).await {
-            Ok(_) => self.shared.metrics.handler_late(),
-            Err(_) => self.shared.metrics.handler_cancelled(),
-        }
-    }
-
-    fn report(&self, outcome: Outcome) {
-        // the connection may be gone; then nobody waits for the ACK
-        let _ = self.tx.send((self.id, outcome));
     }
 }

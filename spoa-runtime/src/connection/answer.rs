@@ -1,0 +1,158 @@
+//! Answering a NOTIFY: its ACK (the handler's actions, or the fallback with the error
+//! variable), the failure log lines, and the connection's counts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use spop_proto::{AckError, Actions, AgentConnection, NotifyId};
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use super::{Driver, KEEP_ACTIONS, Outcome};
+use crate::config::FallbackReason;
+use crate::handler::BoxError;
+
+/// What a connection counted since its last turn.
+#[derive(Debug, Default)]
+pub(super) struct Counts {
+    pub(super) notifies: u64,
+    pub(super) acks: u64,
+    pub(super) bytes_in: u64,
+    pub(super) bytes_out: u64,
+    /// The handlers of the last batch that completed inline, and how long it took.
+    pub(super) inline: Option<(Duration, u64)>,
+}
+
+impl Counts {
+    /// Adds the counts to the calling thread's counters, and starts again from zero.
+    pub(super) fn flush(&mut self, metrics: &Arc<crate::Metrics>) {
+        if self.notifies | self.acks | self.bytes_in | self.bytes_out == 0 && self.inline.is_none()
+        {
+            return;
+        }
+        let c = std::mem::take(self);
+        metrics.local(|hot| {
+            hot.add(c.notifies, c.acks, c.bytes_in, c.bytes_out);
+            if let Some((d, n)) = c.inline {
+                hot.handler_latency(d, n);
+            }
+        });
+    }
+}
+
+impl<H, Mk, F> Driver<H, Mk, F> {
+    pub(super) fn ack(
+        &mut self,
+        conn: &mut AgentConnection,
+        id: NotifyId,
+        outcome: Outcome,
+        now: Instant,
+    ) {
+        self.acked = true;
+        let metrics = &self.shared.metrics;
+        let (actions, reason) = match outcome {
+            Outcome::Done(a) => (a, None),
+            Outcome::Panicked => {
+                metrics.handler_panic();
+                self.log_failure(id, FallbackReason::Panic, None, now);
+                (
+                    self.fallback(FallbackReason::Panic),
+                    Some(FallbackReason::Panic),
+                )
+            }
+            Outcome::Failed(e) => {
+                metrics.handler_error();
+                self.log_failure(id, FallbackReason::Error, Some(&e), now);
+                (
+                    self.fallback(FallbackReason::Error),
+                    Some(FallbackReason::Error),
+                )
+            }
+            Outcome::Fallback(reason) => {
+                match reason {
+                    FallbackReason::Overload => metrics.handler_overload(),
+                    _ => metrics.handler_timeout(),
+                }
+                self.log_failure(id, reason, None, now);
+                (self.fallback(reason), Some(reason))
+            }
+        };
+        let std_now = now.into_std();
+        match conn.send_ack(std_now, id, &actions) {
+            Ok(()) => self.counts.acks += 1,
+            Err(AckError::FrameTooLarge { len, max }) if reason.is_none() => {
+                metrics.ack_too_large();
+                self.log_failure(id, FallbackReason::TooLarge, None, now);
+                debug!(len, max, "ACK larger than the negotiated frame size");
+                if conn
+                    .send_ack(std_now, id, &self.fallback(FallbackReason::TooLarge))
+                    .is_ok()
+                {
+                    self.counts.acks += 1;
+                }
+            }
+            // closed or draining past the deadline: HAProxy has given up on it
+            Err(e) => debug!(error = %e, "ACK not sent"),
+        }
+        if actions.as_bytes().len() <= KEEP_ACTIONS {
+            let mut actions = actions;
+            actions.clear();
+            self.spare_actions = actions;
+        }
+    }
+
+    /// The fallback ACK's actions: the error variable, if configured (else nothing, and the
+    /// state machine pads the ACK).
+    pub(super) fn fallback(&self, reason: FallbackReason) -> Actions {
+        let mut a = Actions::new();
+        if let Some((scope, name)) = &self.shared.config.error_var {
+            a.set_var(*scope, name, reason.code());
+        }
+        a
+    }
+
+    fn log_failure(
+        &self,
+        id: NotifyId,
+        reason: FallbackReason,
+        error: Option<&BoxError>,
+        now: Instant,
+    ) {
+        if !self.shared.failures.admit(reason, now) {
+            return;
+        }
+        let (stream_id, frame_id) = (id.stream_id, id.frame_id);
+        let code = reason.code();
+        match (reason, error) {
+            (FallbackReason::Error, Some(e)) => {
+                warn!(stream_id, frame_id, error = %e, code, "handler failed; sent the fallback ACK");
+            }
+            (FallbackReason::Panic, _) => {
+                warn!(
+                    stream_id,
+                    frame_id, code, "handler panicked; sent the fallback ACK"
+                );
+            }
+            (FallbackReason::Timeout, _) => warn!(
+                stream_id,
+                frame_id,
+                code,
+                budget = ?self.shared.budget,
+                "handler ran out of its budget; sent the fallback ACK"
+            ),
+            (FallbackReason::Overload, _) => warn!(
+                stream_id,
+                frame_id,
+                code,
+                "no handler slot free within the budget (handler_concurrency); sent the fallback ACK"
+            ),
+            (FallbackReason::TooLarge, _) => warn!(
+                stream_id,
+                frame_id,
+                code,
+                "the handler's ACK exceeds the negotiated frame size; sent the fallback ACK"
+            ),
+            (FallbackReason::Error, None) => {}
+        }
+    }
+}
