@@ -48,8 +48,8 @@ const BATCH: usize = 100;
 /// Bound on the agent's RSS growth per idle connection, in KiB: the runtime's target. An idle
 /// connection holds no read or write buffer (its worker thread lends them while bytes wait),
 /// no timer, no counters (they are per worker thread), and frees its traffic queues after
-/// the handshake. Measured (debug and release builds, 2 cores): 1.9 KiB per connection, 29
-/// MiB RSS in all with 10,000 connections (10 MiB before): the connection task (~1.3 KiB),
+/// the handshake. Measured (debug and release builds, 2 cores): 1.8 KiB per connection, 28
+/// MiB RSS in all with 10,000 connections (10 MiB before): the connection task (~1.1 KiB),
 /// the socket's registration in tokio (256 bytes), the connection's facts, its shutdown
 /// token. Before the runtime overhead work: 3.1 KiB.
 const MAX_KIB_PER_IDLE_CONNECTION: f64 = 2.0;

@@ -15,26 +15,37 @@ use crate::handler::BoxError;
 /// What a connection counted since its last turn.
 #[derive(Debug, Default)]
 pub(super) struct Counts {
-    pub(super) notifies: u64,
-    pub(super) acks: u64,
-    pub(super) bytes_in: u64,
-    pub(super) bytes_out: u64,
+    pub(super) notifies: u32,
+    pub(super) acks: u32,
+    pub(super) bytes_in: u32,
+    pub(super) bytes_out: u32,
     /// The handlers of the last batch that completed inline, and how long it took.
-    pub(super) inline: Option<(Duration, u64)>,
+    pub(super) inline_n: u32,
+    pub(super) inline_time: Duration,
+}
+
+/// Adds `n` bytes to a count of one loop turn (far below 4 GiB: a turn reads or writes at
+/// most a buffer).
+pub(super) fn add_bytes(count: &mut u32, n: usize) {
+    *count = count.saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
 }
 
 impl Counts {
     /// Adds the counts to the calling thread's counters, and starts again from zero.
     pub(super) fn flush(&mut self, metrics: &Arc<crate::Metrics>) {
-        if self.notifies | self.acks | self.bytes_in | self.bytes_out == 0 && self.inline.is_none()
-        {
+        if self.notifies | self.acks | self.bytes_in | self.bytes_out | self.inline_n == 0 {
             return;
         }
         let c = std::mem::take(self);
         metrics.local(|hot| {
-            hot.add(c.notifies, c.acks, c.bytes_in, c.bytes_out);
-            if let Some((d, n)) = c.inline {
-                hot.handler_latency(d, n);
+            hot.add(
+                c.notifies.into(),
+                c.acks.into(),
+                c.bytes_in.into(),
+                c.bytes_out.into(),
+            );
+            if c.inline_n > 0 {
+                hot.handler_latency(c.inline_time, c.inline_n.into());
             }
         });
     }

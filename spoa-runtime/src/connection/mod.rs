@@ -131,6 +131,17 @@ where
         .instrument(span)
 }
 
+/// What a connection holds for traffic (event queue, in-flight table, handler box, ACK buffer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    /// Since the start: released once the handshake is done.
+    Fresh,
+    /// Released, and no frame since.
+    Released,
+    /// Frames arrived since the last release: released after `IDLE_RELEASE` of quiet.
+    Holding,
+}
+
 /// The server's handler behind a connection's own `Arc`: cloning that for a request touches a
 /// reference count no other connection (or worker thread) writes.
 struct ConnHandler<H>(Arc<H>);
@@ -150,14 +161,12 @@ struct Driver<H, Mk, F> {
     info: Arc<ConnInfo>,
     /// The last ACK's actions, cleared: the next request's [`Request::actions`].
     spare_actions: Actions,
-    /// Handlers completed inline since the last timing.
-    inline_done: u64,
     /// Counts not yet added to the worker thread's counters (once per loop turn).
     counts: Counts,
     established: bool,
     /// Made at the first handler that has to wait: connections whose handlers all complete
     /// inline (and idle ones) never allocate it.
-    spawned: Option<Spawned>,
+    spawned: Option<Box<Spawned>>,
     /// The peer stopped reading: nothing more is written, not even AGENT-DISCONNECT.
     write_stalled: bool,
     /// An ACK was queued since the drain last looked.
@@ -186,7 +195,6 @@ where
             shared,
             info: Arc::new(info),
             spare_actions: Actions::new(),
-            inline_done: 0,
             counts: Counts::default(),
             established: false,
             spawned: None,
@@ -208,17 +216,14 @@ where
         let start = Instant::now();
         let mut conn = AgentConnection::new(self.shared.agent.clone(), start.into_std());
         let mut rbuf = BytesMut::new();
-        let high_water = self.shared.config.write_high_water;
-        let write_timeout = self.shared.config.write_timeout;
-        let grace = self.shared.config.shutdown_grace;
-        let quiet = self.shared.config.drain_quiet;
+        // settings are read from `self.shared.config` where used, not copied into locals:
+        // every byte of this future is paid by every idle connection
         let mut cancelled = pin!(cancel.cancelled());
         // One timer for every deadline (the state machine's, a blocked write's, the drain's,
         // the idle release), armed lazily: reset only to an earlier instant; when it fires
         // early, the conditions are checked and it is armed again. Boxed, and dropped while
         // nothing is due: an idle connection holds none.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
-        let mut armed: Option<Instant> = None;
         // the last write could not complete: the write timeout runs
         let mut write_blocked = false;
         // Some(when the drain started) once cancelled; then the connection keeps answering
@@ -231,8 +236,8 @@ where
         // the clock read after the last batch, reused when the next turn follows a write
         let mut clock: Option<Instant> = None;
         let mut turns: u32 = 0;
-        // the last frame before which the traffic buffers were released
-        let mut released_for: Option<Instant> = None;
+        // whether the traffic buffers were released since the last frame
+        let mut held = Held::Fresh;
         loop {
             let mut now = clock.take().unwrap_or_else(Instant::now);
             if !self.established && self.shared.lame_duck.load(Ordering::Relaxed) {
@@ -242,12 +247,15 @@ where
                 *conn.outgoing() = lend(&SPARE_WRITE, 0);
             }
             let batch = now;
+            let frames_before = last_frame;
             let closed = self.pump(&mut conn, &mut rbuf, now, &mut last_frame);
-            if self.inline_done > 0 {
+            if held == Held::Released && last_frame != frames_before {
+                held = Held::Holding;
+            }
+            if self.counts.inline_n > 0 {
                 // the handlers of this batch, timed together: arrival to ACK queued
                 now = Instant::now();
-                let n = std::mem::take(&mut self.inline_done);
-                self.counts.inline = Some((now - batch, n));
+                self.counts.inline_time = now - batch;
             }
             if let Some(why) = closed {
                 // boxed: the closing path is cold, and its timers would otherwise enlarge every idle
@@ -265,7 +273,7 @@ where
             if std::mem::take(&mut wrote) || pending == 0 {
                 write_progress = now;
             }
-            let below_high_water = pending < high_water;
+            let below_high_water = pending < self.shared.config.write_high_water;
             let can_read = conn.wants_read() && below_high_water;
             // the drain: close once nothing is in flight, right behind the ACK that emptied the
             // connection (one write: HAProxy reads both before it could reuse the connection),
@@ -273,7 +281,13 @@ where
             // in flight within one budget
             let mut drain_wake = None;
             if let Some(since) = draining.filter(|_| !conn.is_draining() && !conn.is_closed()) {
-                let hard = since + grace.saturating_sub(self.shared.budget);
+                let hard = since
+                    + self
+                        .shared
+                        .config
+                        .shutdown_grace
+                        .saturating_sub(self.shared.budget);
+                let quiet = self.shared.config.drain_quiet;
                 let emptied = std::mem::take(&mut self.acked);
                 if (conn.in_flight() == 0 && (emptied || now >= last_frame + quiet)) || now >= hard
                 {
@@ -287,41 +301,34 @@ where
                     continue;
                 }
                 drain_wake = Some(
-                    (last_frame + quiet)
+                    (last_frame + self.shared.config.drain_quiet)
                         .max(now + Duration::from_millis(1))
                         .min(hard),
                 );
             }
-            if released_for.is_none() && self.established && conn.in_flight() == 0 {
+            if held == Held::Fresh && self.established && conn.in_flight() == 0 {
                 // right after the handshake: what the HELLO needed goes (thousands of
                 // connections opened at once then reuse each other's memory)
                 self.release_traffic_buffers(&mut conn);
-                released_for = Some(last_frame);
+                held = Held::Released;
             }
             let quiet_since =
-                (released_for != Some(last_frame) && conn.in_flight() == 0).then_some(last_frame);
+                (held == Held::Holding && conn.in_flight() == 0).then_some(last_frame);
             let wake = [
                 conn.poll_timeout().map(Instant::from_std),
                 drain_wake,
-                (pending > 0 && write_blocked).then(|| write_progress + write_timeout),
+                (pending > 0 && write_blocked)
+                    .then(|| write_progress + self.shared.config.write_timeout),
                 quiet_since.map(|t| t + IDLE_RELEASE),
             ]
             .into_iter()
             .flatten()
             .min();
-            match wake {
-                None => {
-                    timer = None;
-                    armed = None;
-                }
-                Some(w) if armed.is_none_or(|a| w < a) => {
-                    match &mut timer {
-                        Some(t) => t.as_mut().reset(w),
-                        None => timer = Some(Box::pin(tokio::time::sleep_until(w))),
-                    }
-                    armed = Some(w);
-                }
-                Some(_) => {}
+            match (wake, &mut timer) {
+                (None, _) => timer = None,
+                (Some(w), None) => timer = Some(Box::pin(tokio::time::sleep_until(w))),
+                (Some(w), Some(t)) if t.is_elapsed() || w < t.deadline() => t.as_mut().reset(w),
+                (Some(_), Some(_)) => {}
             }
             // The shutdown signal is polled last (polling it takes the token's lock), so only
             // when nothing else is ready; every 64 turns it is checked, so a connection that is
@@ -346,7 +353,7 @@ where
                     // the write timeout starts
                     IoEvent::WriteBlocked => {}
                     IoEvent::Wrote(Ok(n)) if n > 0 => {
-                        self.counts.bytes_out += n as u64;
+                        answer::add_bytes(&mut self.counts.bytes_out, n);
                         wrote = true;
                         // nothing waited but the write: the batch's clock is still good
                         clock = Some(now);
@@ -357,22 +364,22 @@ where
                         conn.handle_eof(Instant::now().into_std());
                     }
                     IoEvent::Read(Ok(0)) => conn.handle_eof(Instant::now().into_std()),
-                    IoEvent::Read(Ok(n)) => self.counts.bytes_in += n as u64,
+                    IoEvent::Read(Ok(n)) => answer::add_bytes(&mut self.counts.bytes_in, n),
                     IoEvent::Read(Err(e)) => {
                         debug!(error = %e, "read failed");
                         conn.handle_eof(Instant::now().into_std());
                     }
                 },
-                () = poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if armed.is_some() => {
-                    armed = None;
+                () = poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.as_ref().is_some_and(|t| !t.is_elapsed()) => {
                     let now = Instant::now();
                     conn.handle_timeout(now.into_std());
+                    let write_timeout = self.shared.config.write_timeout;
                     if !conn.outgoing().is_empty() && now >= write_progress + write_timeout {
                         self.write_timed_out(&mut conn, write_timeout, now);
                     }
                     if quiet_since.is_some_and(|t| now >= t + IDLE_RELEASE) {
                         self.release_traffic_buffers(&mut conn);
-                        released_for = Some(last_frame);
+                        held = Held::Released;
                     }
                 }
                 () = &mut cancelled, if draining.is_none() => {
@@ -513,7 +520,7 @@ where
             let mut cx = Context::from_waker(Waker::noop());
             match catch_unwind(AssertUnwindSafe(|| slot.as_mut().poll(&mut cx))) {
                 Ok(Poll::Ready(res)) => {
-                    self.inline_done += 1;
+                    self.counts.inline_n += 1;
                     return Some(Outcome::of(Ok(res)));
                 }
                 Err(_) => {
@@ -529,12 +536,12 @@ where
         let max_late = self.shared.config.max_late;
         let spawned = self.spawned.get_or_insert_with(|| {
             let (tx, rx) = mpsc::unbounded_channel();
-            Spawned {
+            Box::new(Spawned {
                 tasks: JoinSet::new(),
                 tx,
                 rx,
                 late: Arc::new(Semaphore::new(max_late)),
-            }
+            })
         });
         let task = Supervised {
             id,
@@ -568,7 +575,7 @@ where
         if !out.is_empty() && !self.write_stalled {
             let n = out.len();
             if let Ok(Ok(())) = tokio::time::timeout(FINAL_FLUSH, io.write_all_buf(out)).await {
-                self.counts.bytes_out += n as u64;
+                answer::add_bytes(&mut self.counts.bytes_out, n);
             }
         }
         self.counts.flush(&self.shared.metrics);

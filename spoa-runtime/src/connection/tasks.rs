@@ -53,7 +53,7 @@ pub(super) enum FromTasks {
 
 /// The next outcome (if `outcomes` is allowed), or a finished task to reap.
 pub(super) fn poll_tasks(
-    spawned: &mut Option<Spawned>,
+    spawned: &mut Option<Box<Spawned>>,
     cx: &mut Context<'_>,
     outcomes: bool,
 ) -> Poll<FromTasks> {
