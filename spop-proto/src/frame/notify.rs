@@ -20,15 +20,24 @@ pub struct Arg<'a> {
 /// One message of a NOTIFY, borrowed from a validated payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Message<'a> {
-    name: &'a str,
+    /// Checked as UTF-8 when the list was validated; turned into a `&str` only when asked for
+    /// (lookups compare bytes).
+    name: &'a [u8],
     nb_args: u8,
     args: &'a [u8],
 }
 
 impl<'a> Message<'a> {
     /// The message name (the `spoe-message` section name).
-    pub const fn name(&self) -> &'a str {
-        self.name
+    ///
+    /// ```
+    /// use spop_proto::{Notify, NotifyId};
+    /// let n = Notify::builder(NotifyId::new(1, 1)).message("check").build();
+    /// assert_eq!(n.messages().next().unwrap().name(), "check");
+    /// ```
+    pub fn name(&self) -> &'a str {
+        // validated with the whole list: never the fallback
+        std::str::from_utf8(self.name).unwrap_or_default()
     }
 
     /// The number of arguments.
@@ -124,7 +133,12 @@ fn arg<'a, M: Mode>(i: &'a [u8]) -> MResult<'a, M, Arg<'a>> {
 /// the bytes they span (checked, not built: [`Args`] builds them).
 #[inline(always)]
 fn message<'a, M: Mode>(i: &'a [u8]) -> MResult<'a, M, Message<'a>> {
-    let (i, name) = name::<M>(i, "message name")?;
+    // the name rule, keeping the bytes: UTF-8 is checked in both modes (ASCII without the
+    // validator), the `&str` made only by `Message::name`
+    let (i, name) = raw_str(i, "message name")?;
+    if !(name.is_ascii() || std::str::from_utf8(name).is_ok()) {
+        return parse::fail_m::<M, _>(DecodeError::InvalidUtf8("message name"));
+    }
     let (args, nb_args) = byte(i, "message nb-args")?;
     let mut i = args;
     for _ in 0..nb_args {
@@ -133,7 +147,7 @@ fn message<'a, M: Mode>(i: &'a [u8]) -> MResult<'a, M, Message<'a>> {
     let args = &args[..args.len() - i.len()];
     Ok((
         i,
-        M::map(name, |name| Message {
+        M::bind(|| Message {
             name,
             nb_args,
             args,
