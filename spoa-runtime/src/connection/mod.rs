@@ -224,6 +224,8 @@ where
         // early, the conditions are checked and it is armed again. Boxed, and dropped while
         // nothing is due: an idle connection holds none.
         let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+        // the timer is set and has not fired
+        let mut armed = false;
         // the last write could not complete: the write timeout runs
         let mut write_blocked = false;
         // Some(when the drain started) once cancelled; then the connection keeps answering
@@ -325,9 +327,18 @@ where
             .flatten()
             .min();
             match (wake, &mut timer) {
-                (None, _) => timer = None,
-                (Some(w), None) => timer = Some(Box::pin(tokio::time::sleep_until(w))),
-                (Some(w), Some(t)) if t.is_elapsed() || w < t.deadline() => t.as_mut().reset(w),
+                (None, _) => {
+                    timer = None;
+                    armed = false;
+                }
+                (Some(w), None) => {
+                    timer = Some(Box::pin(tokio::time::sleep_until(w)));
+                    armed = true;
+                }
+                (Some(w), Some(t)) if !armed || w < t.deadline() => {
+                    t.as_mut().reset(w);
+                    armed = true;
+                }
                 (Some(_), Some(_)) => {}
             }
             // The shutdown signal is polled last (polling it takes the token's lock), so only
@@ -370,7 +381,10 @@ where
                         conn.handle_eof(Instant::now().into_std());
                     }
                 },
-                () = poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if timer.as_ref().is_some_and(|t| !t.is_elapsed()) => {
+                () = poll_fn(|cx| timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if armed => {
+                    // (not `Sleep::is_elapsed`: that turns true when the driver fires the
+                    // timer, before this arm could see it complete)
+                    armed = false;
                     let now = Instant::now();
                     conn.handle_timeout(now.into_std());
                     let write_timeout = self.shared.config.write_timeout;
