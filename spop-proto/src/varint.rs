@@ -87,15 +87,9 @@ pub fn put<B: BufMut + ?Sized>(dst: &mut B, value: u64) {
         dst.put_u8(value as u8);
         return;
     }
-    // byte by byte: the two to four bytes of an id are cheaper to push than to copy with a
-    // `memcpy` call
-    dst.put_u8((value as u8) | 0xF0);
-    let mut rest = (value - 240) >> 4;
-    while rest >= 128 {
-        dst.put_u8((rest as u8) | 0x80);
-        rest = (rest - 128) >> 7;
-    }
-    dst.put_u8(rest as u8);
+    let mut out = [0u8; MAX_LEN];
+    let len = write(&mut out, value);
+    dst.put_slice(&out[..len]);
 }
 
 /// Encodes `value` into a fixed array; returns the array and the number of bytes used.
@@ -106,23 +100,10 @@ pub fn put<B: BufMut + ?Sized>(dst: &mut B, value: u64) {
 /// assert_eq!(&bytes[..len], &[0xfc, 0x03]);
 /// ```
 #[inline]
-#[allow(clippy::cast_possible_truncation)] // each byte is masked or below 128 by construction
-pub fn encode(mut value: u64) -> ([u8; MAX_LEN], usize) {
+pub fn encode(value: u64) -> ([u8; MAX_LEN], usize) {
     let mut out = [0u8; MAX_LEN];
-    if value < 240 {
-        out[0] = value as u8;
-        return (out, 1);
-    }
-    out[0] = (value as u8) | 0xF0;
-    value = (value - 240) >> 4;
-    let mut len = 1;
-    while value >= 128 {
-        out[len] = (value as u8) | 0x80;
-        len += 1;
-        value = (value - 128) >> 7;
-    }
-    out[len] = value as u8;
-    (out, len + 1)
+    let len = write(&mut out, value);
+    (out, len)
 }
 
 /// Writes the encoding of `value` at the start of `out` (at least [`MAX_LEN`] bytes long);

@@ -303,7 +303,7 @@ where
                     continue;
                 }
                 drain_wake = Some(
-                    (last_frame + self.shared.config.drain_quiet)
+                    (last_frame + quiet)
                         .max(now + Duration::from_millis(1))
                         .min(hard),
                 );

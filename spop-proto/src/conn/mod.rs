@@ -240,14 +240,9 @@ impl AgentConnection {
             (State::AwaitingHello, _) | (_, None) => return Err(AckError::NotEstablished),
             (_, Some(n)) => n.max_frame_size,
         };
-        // ACKs mostly come in arrival order: the front first
-        let at = if self.in_flight.front() == Some(&id) {
-            0
-        } else {
-            match self.in_flight.iter().position(|&i| i == id) {
-                Some(at) => at,
-                None => return Err(AckError::UnknownNotify(id)),
-            }
+        // ACKs mostly come in arrival order: found at the front, popped without a shift
+        let Some(at) = self.in_flight.iter().position(|&i| i == id) else {
+            return Err(AckError::UnknownNotify(id));
         };
         let pad = actions.is_empty() && self.config.pad_empty_ack;
         let pad_len = if pad { PAD_ACTION.len() } else { 0 };
