@@ -196,8 +196,22 @@ fn brownout(series: &str) {
         );
     }
 
-    let base = phase(hap.port(), BASELINE, false, "base");
-    let brown = phase(hap.port(), brownout_len, true, "brown");
+    #[allow(clippy::cast_precision_loss)] // statistics over a few thousand samples
+    let rate = |p: &Phase, d: Duration| p.ok.len() as f64 / d.as_secs_f64();
+    let mut base = phase(hap.port(), BASELINE, false, "base");
+    let mut brown = phase(hap.port(), brownout_len, true, "brown");
+    if rate(&brown, brownout_len) < MIN_THROUGHPUT_SHARE * rate(&base, BASELINE) {
+        // Throughput is the one criterion the machine itself can spoil (the test's 12 client
+        // threads, HAProxy and the agent share 2 cores; seen once in about ten runs, on the
+        // commit before this one too): it must fail twice in a row.
+        eprintln!(
+            "HAProxy {series}: healthy throughput {:.0}/s against a baseline of {:.0}/s; measuring again",
+            rate(&brown, brownout_len),
+            rate(&base, BASELINE)
+        );
+        base = phase(hap.port(), BASELINE, false, "base");
+        brown = phase(hap.port(), brownout_len, true, "brown");
+    }
     let report = format!(
         "HAProxy {series}, spoa echo {}\n  baseline ({BASELINE:?}): {}\n  brownout ({brownout_len:?}): {}",
         if extra.is_empty() {
@@ -238,8 +252,6 @@ fn brownout(series: &str) {
             &brown.bad,
         );
     }
-    #[allow(clippy::cast_precision_loss)] // statistics over a few thousand samples
-    let rate = |p: &Phase, d: Duration| p.ok.len() as f64 / d.as_secs_f64();
     if rate(&brown, brownout_len) < MIN_THROUGHPUT_SHARE * rate(&base, BASELINE) {
         fail(
             &format!("healthy throughput fell below {MIN_THROUGHPUT_SHARE} of the baseline's"),
