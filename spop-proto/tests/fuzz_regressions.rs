@@ -961,3 +961,37 @@ fn connection_seeds_reach_their_states() {
     assert_eq!(l.len(), 1, "{l:?}");
     closed(&l, "exceeds the maximum");
 }
+
+/// `script` with every read op taking the fast lane (`AgentConnection::read_notify`, as the
+/// runtime reads) or none.
+fn with_lane(script: &[u8], fast: bool) -> Vec<u8> {
+    let mut out = vec![script[0]];
+    let mut rest = &script[1..];
+    while let Some((&op, tail)) = rest.split_first() {
+        rest = tail;
+        if op % 8 <= 3 {
+            out.push(if fast { op | 1 } else { op & !1 });
+            let n = usize::from(op >> 3).min(rest.len());
+            out.extend_from_slice(&rest[..n]);
+            rest = &rest[n..];
+        } else {
+            out.push(op);
+        }
+    }
+    out
+}
+
+#[test]
+fn the_fast_lane_reads_as_the_event_queue_does() {
+    let mut notifies = 0;
+    for (target, name, script) in seeds() {
+        if target != "connection" {
+            continue;
+        }
+        let slow = replay(&with_lane(&script, false));
+        let fast = replay(&with_lane(&script, true));
+        assert_eq!(slow, fast, "{name}: the two lanes differ");
+        notifies += slow.iter().filter(|e| e.starts_with("notify")).count();
+    }
+    assert!(notifies > 10, "the seeds deliver NOTIFYs: {notifies}");
+}

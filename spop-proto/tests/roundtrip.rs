@@ -1029,13 +1029,15 @@ proptest! {
         flags in any::<u8>(),
         frames in vec(any_frame(), 0..6),
         ops in vec(any::<u8>(), 0..32),
+        fast_lane in any::<bool>(),
     ) {
         let hello = encoded(|b| HaproxyHello::new(16380, "pipelining").encode(b));
         let mut script = vec![flags];
         let mut ops = ops.into_iter();
         for f in std::iter::once(hello).chain(frames) {
             for chunk in f.chunks(31) {
-                script.push((chunk.len() as u8) << 3);
+                // read ops 1 and 3 read with `read_notify`, as the runtime does
+                script.push(((chunk.len() as u8) << 3) | u8::from(fast_lane));
                 script.extend_from_slice(chunk);
             }
             if let Some(op) = ops.next() {

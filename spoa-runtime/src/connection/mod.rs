@@ -445,8 +445,16 @@ where
                     return Some(why);
                 }
             }
-            if conn.outgoing().len() >= high_water || conn.handle_read_frames(std_now, rbuf, 1) == 0
-            {
+            if conn.outgoing().len() >= high_water {
+                return None;
+            }
+            // NOTIFYs take the state machine's fast lane, past its event queue
+            if let Some(notify) = conn.read_notify(std_now, rbuf) {
+                *last_frame = now;
+                self.on_notify(conn, notify, now);
+                continue;
+            }
+            if conn.handle_read_frames(std_now, rbuf, 1) == 0 {
                 return None;
             }
             *last_frame = now;
@@ -481,18 +489,22 @@ where
                     warn!("on_connect panicked");
                 }
             }
-            Event::Notify(notify) => {
-                self.counts.notifies += 1;
-                let id = notify.id();
-                if let Some(outcome) = self.start_handler(notify, now) {
-                    self.ack(conn, id, outcome, now);
-                }
-            }
+            Event::Notify(notify) => self.on_notify(conn, notify, now),
             Event::FrameSkipped(t) => debug!(frame_type = t.0, "skipped a frame of unknown type"),
             Event::Closed(why) => return Some(why),
             _ => {}
         }
         None
+    }
+
+    /// A NOTIFY: its handler started, and its ACK queued if the handler completed inline.
+    #[inline]
+    fn on_notify(&mut self, conn: &mut AgentConnection, notify: Notify, now: Instant) {
+        self.counts.notifies += 1;
+        let id = notify.id();
+        if let Some(outcome) = self.start_handler(notify, now) {
+            self.ack(conn, id, outcome, now);
+        }
     }
 
     /// Starts the handler for `notify`, received at `now`. It is polled once right here

@@ -22,7 +22,7 @@ use config::PAD_ACTION;
 use crate::error::{AckError, ConnectionError, ProtocolError, TimeoutKind};
 use crate::frame::{
     Actions, AgentHello, Disconnect, FrameDecoder, FrameFlags, FrameHeader, HaproxyHello,
-    MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame, encode_frame,
+    FramePrefix, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame,
 };
 use crate::status::{FrameType, StatusCode};
 
@@ -192,6 +192,66 @@ impl AgentConnection {
         consumed
     }
 
+    /// The fast lane for a driver's busiest path: if the next frame in `buf` is a whole,
+    /// unfragmented NOTIFY on an established connection with no event waiting, consumes it and
+    /// returns it, tracked in flight exactly as one delivered by
+    /// [`Event::Notify`](Event::Notify) (answer it with [`send_ack`](Self::send_ack)).
+    /// Otherwise returns `None`: either nothing was consumed (another kind of frame, a partial
+    /// one, the in-flight limit reached: call [`handle_read_frames`](Self::handle_read_frames)),
+    /// or the frame was malformed and the connection failed as `handle_read_frames` would
+    /// have made it ([`poll_event`](Self::poll_event) then returns [`Event::Closed`]).
+    ///
+    /// It skips the event queue; the result is the same as `handle_read_frames(now, buf, 1)`
+    /// followed by `poll_event()`.
+    ///
+    /// ```
+    /// use std::{sync::Arc, time::Instant};
+    /// use bytes::BytesMut;
+    /// use spop_proto::{AgentConfig, AgentConnection, Notify, NotifyId, frame::HaproxyHello};
+    ///
+    /// let now = Instant::now();
+    /// let mut conn = AgentConnection::new(Arc::new(AgentConfig::default()), now);
+    /// let mut rbuf = BytesMut::new();
+    /// HaproxyHello::new(16380, "pipelining").encode(&mut rbuf);
+    /// Notify::builder(NotifyId::new(1, 1)).message("m").build().encode(&mut rbuf);
+    /// assert!(conn.read_notify(now, &mut rbuf).is_none()); // a HELLO first: the slow lane
+    /// conn.handle_read_frames(now, &mut rbuf, 1);
+    /// while conn.poll_event().is_some() {}
+    /// let notify = conn.read_notify(now, &mut rbuf).unwrap();
+    /// assert_eq!((notify.id(), conn.in_flight()), (NotifyId::new(1, 1), 1));
+    /// ```
+    pub fn read_notify(&mut self, _now: Instant, buf: &mut BytesMut) -> Option<Notify> {
+        // type at offset 4 of the frame, FIN the low bit of the flags' last byte
+        let head = buf.get(..9)?;
+        if head[4] != FrameType::NOTIFY.0
+            || head[8] & 1 == 0
+            || self.state != State::Established
+            || !self.events.is_empty()
+            || self.reassembly.is_some()
+            || self.in_flight.len() >= self.in_flight_limit()
+        {
+            return None;
+        }
+        // (no idle deadline to move: with a NOTIFY in flight there is none, and the ACK that
+        // empties the connection sets it)
+        let parsed = match self.decoder.decode(buf) {
+            Ok(None) => return None,
+            Ok(Some(frame)) => Notify::parse(frame.header.id(), frame.payload).map_err(Into::into),
+            Err(e) => Err(ConnectionError::from(e)),
+        };
+        self.partial = !buf.is_empty();
+        match parsed {
+            Ok(notify) => {
+                self.in_flight.push_back(notify.id());
+                Some(notify)
+            }
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
     /// The peer closed its side (read returned 0, or the connection was reset).
     pub fn handle_eof(&mut self, _now: Instant) {
         if self.state == State::Closed {
@@ -244,23 +304,26 @@ impl AgentConnection {
         let Some(at) = self.in_flight.iter().position(|&i| i == id) else {
             return Err(AckError::UnknownNotify(id));
         };
-        let pad = actions.is_empty() && self.config.pad_empty_ack;
-        let pad_len = if pad { PAD_ACTION.len() } else { 0 };
-        let len = actions.frame_len(id) + pad_len;
-        if len > max as usize {
-            return Err(AckError::FrameTooLarge { len, max });
+        let payload = if actions.is_empty() && self.config.pad_empty_ack {
+            &PAD_ACTION[..]
+        } else {
+            actions.as_bytes()
+        };
+        // the header is encoded once, for the length check and the write
+        let hdr = FrameHeader::new(FrameType::ACK, FrameFlags::FIN, id.stream_id, id.frame_id);
+        let prefix = FramePrefix::new(hdr, payload.len());
+        if prefix.frame_len > max as usize {
+            return Err(AckError::FrameTooLarge {
+                len: prefix.frame_len,
+                max,
+            });
         }
         if at == 0 {
             self.in_flight.pop_front();
         } else {
             self.in_flight.remove(at);
         }
-        if pad {
-            let hdr = FrameHeader::new(FrameType::ACK, FrameFlags::FIN, id.stream_id, id.frame_id);
-            encode_frame(&mut self.out, hdr, |b| b.extend_from_slice(&PAD_ACTION));
-        } else {
-            actions.encode_ack(id, &mut self.out);
-        }
+        prefix.put(&mut self.out, payload);
         if self.in_flight.is_empty() {
             self.idle_deadline = self.config.idle_timeout.map(|t| now + t);
             if matches!(self.state, State::Draining { .. }) {

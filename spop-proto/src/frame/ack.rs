@@ -4,7 +4,7 @@ use std::fmt;
 
 use bytes::{BufMut, BytesMut};
 
-use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
+use super::{FrameFlags, FrameHeader, FramePrefix, NotifyId};
 use crate::data::{TypedData, name, put_raw_str, typed_data};
 use crate::error::DecodeError;
 use crate::parse::{self, Emit, PResult, byte};
@@ -293,10 +293,9 @@ impl Actions {
         value: impl Into<TypedData<'v>>,
     ) -> &mut Self {
         let value = value.into();
+        let value_len = value.as_bytes().map_or(16, <[u8]>::len);
         // an upper bound on the action's encoded length: at most one growth per action
-        self.reserve(
-            3 + 2 * varint::MAX_LEN + 1 + name.len() + value.as_bytes().map_or(16, <[u8]>::len),
-        );
+        self.reserve(3 + 2 * varint::MAX_LEN + 1 + name.len() + value_len);
         self.buf.put_slice(&[SET_VAR, 3, scope as u8]);
         put_raw_str(&mut self.buf, name.as_bytes());
         value.encode(&mut self.buf);
@@ -430,7 +429,7 @@ impl Actions {
     /// ```
     pub fn encode_ack(&self, id: NotifyId, dst: &mut BytesMut) {
         let hdr = FrameHeader::new(FrameType::ACK, FrameFlags::FIN, id.stream_id, id.frame_id);
-        encode_frame(dst, hdr, |b| b.extend_from_slice(&self.buf));
+        FramePrefix::new(hdr, self.buf.len()).put(dst, &self.buf);
     }
 }
 

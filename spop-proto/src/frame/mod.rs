@@ -246,6 +246,42 @@ pub fn encode_frame(dst: &mut BytesMut, header: FrameHeader, payload: impl FnOnc
     dst[start..start + 4].copy_from_slice(&len.to_be_bytes());
 }
 
+/// The length prefix and header of a frame whose payload is `payload_len` bytes, built on the
+/// stack: the ACK path checks the frame's length against the negotiated size and writes both
+/// with one header encoding.
+pub(crate) struct FramePrefix {
+    bytes: [u8; 4 + HEADER_MAX],
+    len: usize,
+    /// The frame's length, prefix excluded.
+    pub(crate) frame_len: usize,
+}
+
+impl FramePrefix {
+    #[inline]
+    pub(crate) fn new(header: FrameHeader, payload_len: usize) -> Self {
+        let mut bytes = [0u8; 4 + HEADER_MAX];
+        let n = header.write(&mut bytes[4..]);
+        let frame_len = n + payload_len;
+        // saturated: a frame this long exceeds every negotiated size and is refused unwritten
+        let prefix = u32::try_from(frame_len).unwrap_or(u32::MAX);
+        bytes[..4].copy_from_slice(&prefix.to_be_bytes());
+        Self {
+            bytes,
+            len: 4 + n,
+            frame_len,
+        }
+    }
+
+    /// Appends the prefix, then `payload` (of the length given to [`FramePrefix::new`]).
+    #[inline]
+    pub(crate) fn put(&self, dst: &mut BytesMut, payload: &[u8]) {
+        debug_assert_eq!(self.frame_len + 4, self.len + payload.len());
+        dst.reserve(self.len + payload.len());
+        dst.extend_from_slice(&self.bytes[..self.len]);
+        dst.extend_from_slice(payload);
+    }
+}
+
 /// A whole frame split off the read buffer: its header and its payload (owned, zero-copy).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawFrame {

@@ -18,13 +18,35 @@ pub struct Arg<'a> {
 }
 
 /// One message of a NOTIFY, borrowed from a validated payload.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+///
+/// Two messages are equal when their names and their arguments are.
+#[derive(Clone, Copy)]
 pub struct Message<'a> {
     /// Checked as UTF-8 when the list was validated; turned into a `&str` only when asked for
     /// (lookups compare bytes).
     name: &'a [u8],
     nb_args: u8,
+    /// The validated payload from the first argument on: the `nb_args` arguments, and maybe
+    /// the messages after them (iteration stops after `nb_args`, so a lookup that finds a
+    /// message need not walk its arguments to find where they end).
     args: &'a [u8],
+}
+
+impl PartialEq for Message<'_> {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.args().eq(other.args())
+    }
+}
+
+impl Eq for Message<'_> {}
+
+impl std::fmt::Debug for Message<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Message")
+            .field("name", &self.name())
+            .field("args", &self.args().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 impl<'a> Message<'a> {
@@ -263,12 +285,18 @@ impl Notify {
     /// The first message with this name.
     pub fn message(&self, name: &str) -> Option<Message<'_>> {
         // `self.messages().find(|m| m.name == name)`, names compared as bytes (see
-        // `Message::arg`) and the other messages only stepped over (`Check`)
+        // `Message::arg`), the other messages only stepped over (`Check`), and the one found
+        // not walked at all: its arguments are where its count byte ends
         let mut rest: &[u8] = &self.payload;
         while !rest.is_empty() {
-            let (_, raw) = raw_str(rest, "message name").ok()?;
+            let (i, raw) = raw_str(rest, "message name").ok()?;
             if raw == name.as_bytes() {
-                return message::<Emit>(rest).ok().map(|(_, m)| m);
+                let (args, nb_args) = byte(i, "message nb-args").ok()?;
+                return Some(Message {
+                    name: raw,
+                    nb_args,
+                    args,
+                });
             }
             rest = message::<Check>(rest).ok()?.0;
         }

@@ -45,7 +45,9 @@ pub fn connection(data: &[u8]) {
 ///
 /// - 0..=3: the peer sends the next `op >> 3` bytes (at most 31; one read chunk). The driver
 ///   reads like a real one: chunks go to the read buffer only while
-///   [`AgentConnection::wants_read`], each followed by `handle_read`.
+///   [`AgentConnection::wants_read`], each followed by `handle_read` (ops 0 and 2) or, like
+///   the runtime (ops 1 and 3), by [`AgentConnection::read_notify`] with
+///   `handle_read_frames(now, buf, 1)` where it declines, the events taken after each frame.
 /// - 4: the clock advances `(op >> 3) * 100` ms; `handle_timeout`.
 /// - 5: ACK. Bit 3: with a set-var; bit 4: the oldest unanswered NOTIFY, else the newest;
 ///   bit 5: an id with nothing in flight instead (a NOTIFY already answered, or never
@@ -90,7 +92,7 @@ pub fn connection_observed(data: &[u8], mut observe: impl FnMut(Observed<'_>)) {
         match op % 8 {
             0..=3 => {
                 let n = usize::from(op >> 3).min(data.len());
-                d.socket.push_back(&data[..n]);
+                d.socket.push_back((&data[..n], op & 1 != 0));
                 data = &data[n..];
             }
             4 => {
@@ -126,8 +128,14 @@ struct Driver<'a> {
     conn: AgentConnection,
     /// Our own frame size limit (the limit before the handshake).
     own_max: u32,
-    /// Chunks sent by the peer and not read yet.
-    socket: VecDeque<&'a [u8]>,
+    /// Chunks sent by the peer and not read yet, and whether the driver reads them with the
+    /// fast lane.
+    socket: VecDeque<(&'a [u8], bool)>,
+    /// Events taken by a fast-lane read (NOTIFYs from `read_notify` among them), in order,
+    /// before those still in the connection.
+    taken: VecDeque<Event>,
+    /// How the last chunk was read (reads after an ACK do the same).
+    fast_lane: bool,
     rbuf: BytesMut,
     wbuf: BytesMut,
     /// NOTIFYs delivered and not yet accepted by `send_ack`, newest last.
@@ -155,6 +163,8 @@ impl<'a> Driver<'a> {
             own_max: config.max_frame_size.max(MIN_MAX_FRAME_SIZE),
             conn: AgentConnection::new(config, now),
             socket: VecDeque::new(),
+            taken: VecDeque::new(),
+            fast_lane: false,
             rbuf: BytesMut::new(),
             wbuf: BytesMut::new(),
             pending: Vec::new(),
@@ -181,16 +191,30 @@ impl<'a> Driver<'a> {
     /// Reads like a driver honouring `wants_read`: one chunk, then `handle_read`.
     fn pump(&mut self, now: Instant) {
         while self.conn.wants_read() {
-            let Some(chunk) = self.socket.pop_front() else {
+            let Some((chunk, fast)) = self.socket.pop_front() else {
                 break;
             };
             self.rbuf.extend_from_slice(chunk);
-            self.read(now);
+            self.fast_lane = fast;
+            self.read(now, fast);
         }
     }
 
-    fn read(&mut self, now: Instant) {
-        self.conn.handle_read(now, &mut self.rbuf);
+    fn read(&mut self, now: Instant, fast: bool) {
+        if fast {
+            loop {
+                while let Some(ev) = self.conn.poll_event() {
+                    self.taken.push_back(ev);
+                }
+                if let Some(n) = self.conn.read_notify(now, &mut self.rbuf) {
+                    self.taken.push_back(Event::Notify(n));
+                } else if self.conn.handle_read_frames(now, &mut self.rbuf, 1) == 0 {
+                    break;
+                }
+            }
+        } else {
+            self.conn.handle_read(now, &mut self.rbuf);
+        }
         // A reading connection keeps at most a partial frame; a full one (in-flight limit,
         // closed) keeps what it had plus the last chunk.
         let bound = 4 + self.own_max as usize + MAX_READ_CHUNK;
@@ -251,7 +275,7 @@ impl<'a> Driver<'a> {
             let _ = self.send_ack(now, id, &Actions::new(), observe);
         }
         // an ACK may free a slot for frames already buffered
-        self.read(now);
+        self.read(now, self.fast_lane);
     }
 
     /// `send_ack`, with its outcome checked against the model.
@@ -319,7 +343,7 @@ impl<'a> Driver<'a> {
             self.accepted.is_empty(),
             "an ACK accepted by send_ack was not transmitted"
         );
-        while let Some(ev) = self.conn.poll_event() {
+        while let Some(ev) = self.taken.pop_front().or_else(|| self.conn.poll_event()) {
             assert_eq!(self.closed, 0, "{ev:?} after Closed");
             match &ev {
                 Event::Established(n) => {
