@@ -21,8 +21,8 @@ use config::PAD_ACTION;
 
 use crate::error::{AckError, ConnectionError, ProtocolError, TimeoutKind};
 use crate::frame::{
-    Actions, AgentHello, Disconnect, FrameDecoder, FrameFlags, FrameHeader, HaproxyHello,
-    FramePrefix, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame,
+    Actions, AgentHello, Disconnect, FrameDecoder, FrameFlags, FrameHeader, FramePrefix,
+    HaproxyHello, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame,
 };
 use crate::status::{FrameType, StatusCode};
 
