@@ -53,17 +53,23 @@ pub(crate) fn varint(i: &[u8]) -> PResult<'_, u64> {
 /// one-byte case is the one inlined into every rule).
 #[inline(never)]
 fn continuation(mut i: &[u8], first: u8) -> PResult<'_, u64> {
-    let mut value = u128::from(first);
+    let mut value = u64::from(first);
     let mut shift = 4u32;
     for _ in 1..MAX_LEN {
         let (rest, b) = u8(i)?;
         i = rest;
-        value += u128::from(b) << shift;
+        // shifts run from 4 to 60: only the 10th byte can have bits shifted out past 2^64,
+        // and only the last additions can carry past it; both are overflow
+        let wide = u64::from(b);
+        if wide >> (64 - shift) != 0 {
+            return parse::fail(DecodeError::InvalidVarint);
+        }
+        value = match value.checked_add(wide << shift) {
+            Some(v) => v,
+            None => return parse::fail(DecodeError::InvalidVarint),
+        };
         if b < 0x80 {
-            return match u64::try_from(value) {
-                Ok(v) => Ok((i, v)),
-                Err(_) => parse::fail(DecodeError::InvalidVarint),
-            };
+            return Ok((i, value));
         }
         shift += 7;
     }
@@ -247,6 +253,45 @@ mod tests {
         for (i, &v) in firsts.iter().enumerate() {
             assert_eq!(encoded_len(v - 1), i + 1);
             assert_eq!(encoded_len(v), i + 2);
+        }
+    }
+
+    /// The decoder as the grammar states it, in 128-bit arithmetic.
+    fn reference(buf: &[u8]) -> Result<(u64, usize), DecodeError> {
+        let first = *buf.first().ok_or(DecodeError::Truncated("varint"))?;
+        if first < 240 {
+            return Ok((u64::from(first), 1));
+        }
+        let mut value = u128::from(first);
+        for (k, &b) in buf.iter().enumerate().skip(1).take(MAX_LEN - 1) {
+            value += u128::from(b) << (4 + 7 * (k - 1));
+            if b < 0x80 {
+                return u64::try_from(value)
+                    .map(|v| (v, k + 1))
+                    .map_err(|_| DecodeError::InvalidVarint);
+            }
+        }
+        if buf.len() >= MAX_LEN {
+            Err(DecodeError::InvalidVarint)
+        } else {
+            Err(DecodeError::Truncated("varint"))
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn decode_matches_the_reference(
+            buf in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..12),
+            high in 0xf0u8..,
+        ) {
+            proptest::prop_assert_eq!(decode(&buf), reference(&buf));
+            // long encodings, where overflow lives
+            let mut long = buf.clone();
+            long.insert(0, high);
+            for b in long.iter_mut().skip(1).take(8) {
+                *b |= 0x80;
+            }
+            proptest::prop_assert_eq!(decode(&long), reference(&long));
         }
     }
 

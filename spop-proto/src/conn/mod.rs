@@ -101,7 +101,10 @@ pub struct AgentConnection {
     out: BytesMut,
     events: VecDeque<Event>,
     hello_deadline: Option<Instant>,
-    idle_deadline: Option<Instant>,
+    /// When the connection last had work (a frame, or the ACK that emptied it): the idle
+    /// timeout runs from there while nothing is in flight (kept as the instant, not the
+    /// deadline, so the per-NOTIFY path does no clock arithmetic).
+    idle_since: Option<Instant>,
     /// Boxed: fragmented NOTIFYs are rare, and idle connections should be small.
     reassembly: Option<Box<Reassembly>>,
     partial: bool,
@@ -125,7 +128,7 @@ impl AgentConnection {
             out: BytesMut::new(),
             events: VecDeque::new(),
             hello_deadline,
-            idle_deadline: None,
+            idle_since: None,
             reassembly: None,
             partial: false,
             refuse_health_checks: false,
@@ -177,7 +180,7 @@ impl AgentConnection {
                 Ok(None) => break,
                 Ok(Some(frame)) => {
                     consumed += 1;
-                    self.idle_deadline = self.config.idle_timeout.map(|t| now + t);
+                    self.idle_since = Some(now);
                     if let Err(e) = self.on_frame(frame) {
                         self.fail(e);
                     }
@@ -271,7 +274,7 @@ impl AgentConnection {
                 self.fail(ConnectionError::TimedOut(TimeoutKind::Hello));
             }
             State::Established
-                if self.in_flight.is_empty() && self.idle_deadline.is_some_and(|d| now >= d) =>
+                if self.in_flight.is_empty() && self.idle_deadline().is_some_and(|d| now >= d) =>
             {
                 self.fail(ConnectionError::TimedOut(TimeoutKind::Idle));
             }
@@ -301,7 +304,12 @@ impl AgentConnection {
             (_, Some(n)) => n.max_frame_size,
         };
         // ACKs mostly come in arrival order: found at the front, popped without a shift
-        let Some(at) = self.in_flight.iter().position(|&i| i == id) else {
+        let at = if self.in_flight.front() == Some(&id) {
+            Some(0)
+        } else {
+            self.in_flight.iter().position(|&i| i == id)
+        };
+        let Some(at) = at else {
             return Err(AckError::UnknownNotify(id));
         };
         let payload = if actions.is_empty() && self.config.pad_empty_ack {
@@ -325,7 +333,7 @@ impl AgentConnection {
         }
         prefix.put(&mut self.out, payload);
         if self.in_flight.is_empty() {
-            self.idle_deadline = self.config.idle_timeout.map(|t| now + t);
+            self.idle_since = Some(now);
             if matches!(self.state, State::Draining { .. }) {
                 self.finish(ConnectionError::LocallyClosed(StatusCode::NORMAL), "normal");
             }
@@ -462,7 +470,7 @@ impl AgentConnection {
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.state {
             State::AwaitingHello => self.hello_deadline,
-            State::Established if self.in_flight.is_empty() => self.idle_deadline,
+            State::Established if self.in_flight.is_empty() => self.idle_deadline(),
             State::Established | State::Closed => None,
             State::Draining { deadline } => Some(deadline),
         }
@@ -513,6 +521,10 @@ impl AgentConnection {
     }
 
     // ---- internals ---------------------------------------------------------------------
+
+    fn idle_deadline(&self) -> Option<Instant> {
+        Some(self.idle_since? + self.config.idle_timeout?)
+    }
 
     fn in_flight_limit(&self) -> usize {
         match &self.negotiated {

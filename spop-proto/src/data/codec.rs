@@ -159,6 +159,39 @@ pub(crate) fn raw_str<'a>(i: &'a [u8], what: &'static str) -> PResult<'a, &'a [u
     )
 }
 
+/// `a == b` for the short names lookups compare (message and argument names): up to 32
+/// bytes in at most four word comparisons, without the call to `memcmp` that slice equality
+/// makes.
+#[inline(always)]
+pub(crate) fn same_name(a: &[u8], b: &[u8]) -> bool {
+    fn w4(s: &[u8], at: usize) -> u32 {
+        u32::from_ne_bytes([s[at], s[at + 1], s[at + 2], s[at + 3]])
+    }
+    fn w8(s: &[u8], at: usize) -> u64 {
+        let mut w = [0u8; 8];
+        w.copy_from_slice(&s[at..at + 8]);
+        u64::from_ne_bytes(w)
+    }
+    fn w16(s: &[u8], at: usize) -> u128 {
+        let mut w = [0u8; 16];
+        w.copy_from_slice(&s[at..at + 16]);
+        u128::from_ne_bytes(w)
+    }
+    let n = a.len();
+    if n != b.len() {
+        return false;
+    }
+    // two overlapping words cover the whole name
+    match n {
+        0 => true,
+        1..=3 => a[0] == b[0] && a[n / 2] == b[n / 2] && a[n - 1] == b[n - 1],
+        4..=7 => w4(a, 0) == w4(b, 0) && w4(a, n - 4) == w4(b, n - 4),
+        8..=16 => w8(a, 0) == w8(b, 0) && w8(a, n - 8) == w8(b, n - 8),
+        17..=32 => w16(a, 0) == w16(b, 0) && w16(a, n - 16) == w16(b, n - 16),
+        _ => a == b,
+    }
+}
+
 /// A name (KV key, message, argument or variable name): a [`raw_str`] that must be UTF-8. In
 /// [`Check`] mode, ASCII (the usual case) is recognised without a call to the UTF-8 validator.
 #[inline(always)]
@@ -193,6 +226,21 @@ pub(crate) fn put_raw_str<B: BufMut + ?Sized>(dst: &mut B, s: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn same_name_is_slice_equality() {
+        let base: Vec<u8> = (0..40u8).map(|i| b'a' + i % 26).collect();
+        for n in 0..=40 {
+            let a = &base[..n];
+            assert!(same_name(a, a), "{n}");
+            assert!(!same_name(a, &base[..n.saturating_sub(1)]) || n == 0, "{n}");
+            for at in 0..n {
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert!(!same_name(a, &b), "length {n}, differing at {at}");
+            }
+        }
+    }
     use crate::parse::Check;
 
     #[test]

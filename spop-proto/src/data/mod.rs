@@ -7,7 +7,7 @@ mod kv;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-pub(crate) use codec::{name, put_raw_str, raw_str, typed_data};
+pub(crate) use codec::{name, put_raw_str, raw_str, same_name, typed_data};
 pub use kv::KvList;
 
 /// The type nibble of a typed-data byte.

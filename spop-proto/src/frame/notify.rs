@@ -3,7 +3,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::{FrameFlags, FrameHeader, NotifyId, encode_frame};
-use crate::data::{TypedData, name, put_raw_str, raw_str, typed_data};
+use crate::data::{TypedData, name, put_raw_str, raw_str, same_name, typed_data};
 use crate::error::DecodeError;
 use crate::parse::{self, Check, Emit, MResult, Mode, byte};
 use crate::status::FrameType;
@@ -97,7 +97,7 @@ impl<'a> Message<'a> {
         let mut rest = self.args;
         for _ in 0..self.nb_args {
             let (i, raw) = raw_str(rest, "argument name").ok()?;
-            if raw == name.as_bytes() {
+            if same_name(raw, name.as_bytes()) {
                 return typed_data::<Emit>(i).ok().map(|(_, v)| v);
             }
             rest = typed_data::<Check>(i).ok()?.0;
@@ -290,7 +290,7 @@ impl Notify {
         let mut rest: &[u8] = &self.payload;
         while !rest.is_empty() {
             let (i, raw) = raw_str(rest, "message name").ok()?;
-            if raw == name.as_bytes() {
+            if same_name(raw, name.as_bytes()) {
                 let (args, nb_args) = byte(i, "message nb-args").ok()?;
                 return Some(Message {
                     name: raw,
