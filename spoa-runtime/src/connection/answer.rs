@@ -52,7 +52,44 @@ impl Counts {
 }
 
 impl<H, Mk, F> Driver<H, Mk, F> {
+    /// Queues the ACK of `id` for what its handler produced.
+    #[inline]
     pub(super) fn ack(
+        &mut self,
+        conn: &mut AgentConnection,
+        id: NotifyId,
+        outcome: Outcome,
+        now: Instant,
+    ) {
+        match outcome {
+            // the common case, inlined: the handler's actions, sent
+            Outcome::Done(actions) => match conn.send_ack(now.into_std(), id, &actions) {
+                Ok(()) => {
+                    self.acked = true;
+                    self.counts.acks += 1;
+                    self.recycle(actions);
+                }
+                Err(_) => self.ack_slow(conn, id, Outcome::Done(actions), now),
+            },
+            other => self.ack_slow(conn, id, other, now),
+        }
+    }
+
+    /// Keeps an ACK's buffer, cleared, for the next request's [`Request::actions`](crate::Request::actions)
+    /// (unless it grew large).
+    #[inline]
+    fn recycle(&mut self, mut actions: Actions) {
+        if actions.as_bytes().len() <= KEEP_ACTIONS {
+            actions.clear();
+            self.spare_actions = actions;
+        }
+    }
+
+    /// Every other outcome: a failure's fallback (counted and logged), or actions the state
+    /// machine refused (too large: the fallback instead).
+    #[cold]
+    #[inline(never)]
+    fn ack_slow(
         &mut self,
         conn: &mut AgentConnection,
         id: NotifyId,
@@ -105,11 +142,7 @@ impl<H, Mk, F> Driver<H, Mk, F> {
             // closed or draining past the deadline: HAProxy has given up on it
             Err(e) => debug!(error = %e, "ACK not sent"),
         }
-        if actions.as_bytes().len() <= KEEP_ACTIONS {
-            let mut actions = actions;
-            actions.clear();
-            self.spare_actions = actions;
-        }
+        self.recycle(actions);
     }
 
     /// The fallback ACK's actions: the error variable, if configured (else nothing, and the

@@ -131,6 +131,13 @@ where
         .instrument(span)
 }
 
+/// When the NOTIFYs of a batch arrived, and so their deadline (arrival + budget).
+#[derive(Debug, Clone, Copy)]
+struct Arrival {
+    now: Instant,
+    deadline: Instant,
+}
+
 /// What a connection holds for traffic (event queue, in-flight table, handler box, ACK buffer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
@@ -439,9 +446,14 @@ where
     ) -> Option<ConnectionError> {
         let high_water = self.shared.config.write_high_water;
         let std_now = now.into_std();
+        // every NOTIFY of the batch arrived at `now`: one deadline for them all
+        let at = Arrival {
+            now,
+            deadline: now + self.shared.budget,
+        };
         loop {
             while let Some(event) = conn.poll_event() {
-                if let Some(why) = self.on_event(conn, event, now) {
+                if let Some(why) = self.on_event(conn, event, at) {
                     return Some(why);
                 }
             }
@@ -451,7 +463,7 @@ where
             // NOTIFYs take the state machine's fast lane, past its event queue
             if let Some(notify) = conn.read_notify(std_now, rbuf) {
                 *last_frame = now;
-                self.on_notify(conn, notify, now);
+                self.on_notify(conn, notify, at);
                 continue;
             }
             if conn.handle_read_frames(std_now, rbuf, 1) == 0 {
@@ -466,7 +478,7 @@ where
         &mut self,
         conn: &mut AgentConnection,
         event: Event,
-        now: Instant,
+        at: Arrival,
     ) -> Option<ConnectionError> {
         match event {
             Event::Established(n) => {
@@ -489,7 +501,7 @@ where
                     warn!("on_connect panicked");
                 }
             }
-            Event::Notify(notify) => self.on_notify(conn, notify, now),
+            Event::Notify(notify) => self.on_notify(conn, notify, at),
             Event::FrameSkipped(t) => debug!(frame_type = t.0, "skipped a frame of unknown type"),
             Event::Closed(why) => return Some(why),
             _ => {}
@@ -499,11 +511,11 @@ where
 
     /// A NOTIFY: its handler started, and its ACK queued if the handler completed inline.
     #[inline]
-    fn on_notify(&mut self, conn: &mut AgentConnection, notify: Notify, now: Instant) {
+    fn on_notify(&mut self, conn: &mut AgentConnection, notify: Notify, at: Arrival) {
         self.counts.notifies += 1;
         let id = notify.id();
-        if let Some(outcome) = self.start_handler(notify, now) {
-            self.ack(conn, id, outcome, now);
+        if let Some(outcome) = self.start_handler(notify, at) {
+            self.ack(conn, id, outcome, at.now);
         }
     }
 
@@ -512,10 +524,10 @@ where
     /// completes without waiting (the common case: in-memory lookups) is answered without a
     /// task spawn or an allocation, and its outcome returned. Otherwise its box moves to a task
     /// of its own, raced against its deadline.
-    fn start_handler(&mut self, notify: Notify, now: Instant) -> Option<Outcome> {
+    fn start_handler(&mut self, notify: Notify, at: Arrival) -> Option<Outcome> {
+        let Arrival { now, deadline } = at;
         let id = notify.id();
         let span = debug_span!("notify", stream_id = id.stream_id, frame_id = id.frame_id);
-        let deadline = now + self.shared.budget;
         let req = Request::from_runtime(
             notify,
             self.info.clone(),
