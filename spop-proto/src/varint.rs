@@ -286,7 +286,7 @@ mod tests {
         ) {
             proptest::prop_assert_eq!(decode(&buf), reference(&buf));
             // long encodings, where overflow lives
-            let mut long = buf.clone();
+            let mut long = buf;
             long.insert(0, high);
             for b in long.iter_mut().skip(1).take(8) {
                 *b |= 0x80;

@@ -21,7 +21,7 @@ mod ack;
 mod decoder;
 mod disconnect;
 mod hello;
-mod notify;
+pub(crate) mod notify;
 
 use std::fmt;
 

@@ -177,6 +177,74 @@ fn message<'a, M: Mode>(i: &'a [u8]) -> MResult<'a, M, Message<'a>> {
     ))
 }
 
+/// The grammar's LIST-OF-MESSAGES rule in `Check` mode: the reference validation.
+pub(crate) fn grammar_check(payload: &[u8]) -> Result<(), DecodeError> {
+    parse::run(parse::list(message::<Check>), payload).map(|_| ())
+}
+
+/// The usual shape of a NOTIFY payload recognised in one tight pass: names and STRING values
+/// shorter than 240 bytes (one-byte lengths), ASCII names, integers below 240 (one-byte
+/// varints), any address. True only for payloads [`grammar_check`] accepts (a strict subset:
+/// property-tested and fuzzed); false sends the payload to the grammar, which accepts it or
+/// names the error. HAProxy's NOTIFYs are almost always of this shape, so the grammar's
+/// general rules only run for the rest.
+#[inline]
+pub(crate) fn quick_check(mut p: &[u8]) -> bool {
+    /// A one-byte length, then that many bytes; the rest after them.
+    #[inline(always)]
+    fn short(p: &[u8]) -> Option<(&[u8], &[u8])> {
+        let (&n, rest) = p.split_first()?;
+        if n >= 240 {
+            return None;
+        }
+        let s = rest.split_at_checked(usize::from(n))?;
+        Some(s)
+    }
+    while !p.is_empty() {
+        let Some((name, rest)) = short(p) else {
+            return false;
+        };
+        let Some((&nb_args, mut rest)) = rest.split_first() else {
+            return false;
+        };
+        if !name.is_ascii() {
+            return false;
+        }
+        for _ in 0..nb_args {
+            let Some((name, r)) = short(rest) else {
+                return false;
+            };
+            let Some((&tb, r)) = r.split_first() else {
+                return false;
+            };
+            if !name.is_ascii() {
+                return false;
+            }
+            let value_len = match tb & 0x0F {
+                0 | 1 => 0,
+                // one-byte varints: in range for every integer type
+                2..=5 => match r.first() {
+                    Some(&v) if v < 240 => 1,
+                    _ => return false,
+                },
+                6 => 4,
+                7 => 16,
+                8 | 9 => match r.first() {
+                    Some(&n) if n < 240 => 1 + usize::from(n),
+                    _ => return false,
+                },
+                _ => return false,
+            };
+            let Some(r) = r.get(value_len..) else {
+                return false;
+            };
+            rest = r;
+        }
+        p = rest;
+    }
+    true
+}
+
 /// A validated LIST-OF-MESSAGES, borrowed.
 ///
 /// ```
@@ -194,7 +262,9 @@ impl<'a> MessageList<'a> {
     /// Validates a whole NOTIFY payload: names UTF-8, types known, counts honoured, nothing
     /// truncated. Iteration afterwards cannot fail.
     pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
-        parse::run(parse::list(message::<Check>), payload)?;
+        if !quick_check(payload) {
+            grammar_check(payload)?;
+        }
         Ok(Self { payload })
     }
 
@@ -473,5 +543,84 @@ mod tests {
         let owned = n.bytes_of(v);
         assert_eq!(&owned[..], b"hello");
         assert_eq!(owned.as_ptr(), v.as_ptr());
+    }
+
+    /// Payloads built from arbitrary messages: the fast path takes the usual ones, and says
+    /// what the grammar says whenever it accepts.
+    fn any_value() -> impl proptest::strategy::Strategy<Value = TypedData<'static>> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(TypedData::Null),
+            any::<bool>().prop_map(TypedData::Bool),
+            any::<i32>().prop_map(TypedData::Int32),
+            (0u32..300).prop_map(TypedData::Uint32),
+            any::<i64>().prop_map(TypedData::Int64),
+            (0u64..300).prop_map(TypedData::Uint64),
+            any::<[u8; 4]>().prop_map(|a| TypedData::Ipv4(a.into())),
+            any::<[u8; 16]>().prop_map(|a| TypedData::Ipv6(a.into())),
+            proptest::collection::vec(any::<u8>(), 0..300)
+                .prop_map(|v| TypedData::String(Box::leak(v.into_boxed_slice()))),
+            proptest::collection::vec(any::<u8>(), 0..20)
+                .prop_map(|v| TypedData::Binary(Box::leak(v.into_boxed_slice()))),
+        ]
+    }
+
+    fn is_usual(v: &TypedData<'_>) -> bool {
+        match *v {
+            TypedData::Int32(n) => (0..240).contains(&n),
+            TypedData::Uint32(n) => n < 240,
+            TypedData::Int64(n) => (0..240).contains(&n),
+            TypedData::Uint64(n) => n < 240,
+            TypedData::String(b) | TypedData::Binary(b) => b.len() < 240,
+            _ => true,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        #[test]
+        fn quick_check_takes_the_usual_payloads(
+            messages in proptest::collection::vec(
+                ("[a-z-]{0,20}|\\PC{0,3}", proptest::collection::vec(("[a-z_]{0,12}|\\PC{0,2}", any_value()), 0..5)),
+                0..4,
+            ),
+        ) {
+            let mut b = Notify::builder(NotifyId::new(1, 1));
+            let mut usual = true;
+            for (name, args) in &messages {
+                b.message(name);
+                usual &= name.is_ascii();
+                for (arg, v) in args {
+                    b.arg(arg, *v);
+                    usual &= arg.is_ascii() && is_usual(v);
+                }
+            }
+            let payload = b.build().payload().clone();
+            proptest::prop_assert_eq!(grammar_check(&payload), Ok(()));
+            proptest::prop_assert_eq!(quick_check(&payload), usual);
+            // and any cut of it, or any value of any one byte: the fast path never accepts
+            // what the grammar refuses
+            let mut q = payload.to_vec();
+            for at in 0..payload.len() {
+                let p = &payload[..at];
+                proptest::prop_assert!(!quick_check(p) || grammar_check(p).is_ok(), "cut at {}", at);
+                for b in 0..=u8::MAX {
+                    q[at] = b;
+                    proptest::prop_assert!(
+                        !quick_check(&q) || grammar_check(&q).is_ok(),
+                        "byte {} set to {}", at, b
+                    );
+                }
+                q[at] = payload[at];
+            }
+        }
+
+        #[test]
+        fn quick_check_accepts_only_what_the_grammar_does(
+            p in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            proptest::prop_assert!(!quick_check(&p) || grammar_check(&p).is_ok());
+        }
     }
 }

@@ -18,6 +18,14 @@ use crate::frame::{Frame, FrameDecoder, split_frame};
 
 /// Arbitrary bytes through the frame splitter, the decoder and every payload parser.
 pub fn frame(data: &[u8]) {
+    // the NOTIFY payload fast path accepts only what the grammar accepts
+    if crate::frame::notify::quick_check(data) {
+        assert_eq!(
+            crate::frame::notify::grammar_check(data),
+            Ok(()),
+            "quick_check accepted a payload the grammar refuses"
+        );
+    }
     let mut rest = data;
     while let Ok(Some((header, payload, used))) = split_frame(rest, 1 << 20) {
         if let Ok(f) = Frame::parse(&header, payload) {
