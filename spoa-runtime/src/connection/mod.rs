@@ -154,13 +154,35 @@ enum Held {
 struct ConnHandler<H>(Arc<H>);
 
 /// The handler call as a future of its own: it owns a reference to the handler, so it can
-/// move to a task.
-async fn call<H: Handler>(handler: Arc<ConnHandler<H>>, req: Request) -> Result<Actions, H::Error> {
-    handler.0.handle_notify(req).await
+/// move to a task. It gives the reference back with the result: a call that completes inline
+/// hands it to the next one, so the reference count is only touched for calls that wait.
+async fn call<H: Handler>(
+    handler: Arc<ConnHandler<H>>,
+    req: Request,
+) -> (Result<Actions, H::Error>, Arc<ConnHandler<H>>) {
+    let res = handler.0.handle_notify(req).await;
+    (res, handler)
+}
+
+/// A call's future without the handler reference it gives back (for the handler tasks).
+struct ResultOf<F>(Pin<Box<F>>);
+
+impl<F, T, R> Future for ResultOf<F>
+where
+    F: Future<Output = (T, R)>,
+{
+    type Output = T;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<T> {
+        self.0.as_mut().poll(cx).map(|(res, _)| res)
+    }
 }
 
 struct Driver<H, Mk, F> {
     handler: Arc<ConnHandler<H>>,
+    /// A second reference to the handler, lent to each call and given back when it completes
+    /// inline; `None` after one moved to a task (then the next call clones `handler`).
+    lent: Option<Arc<ConnHandler<H>>>,
     call: Mk,
     /// The box the handler futures are written into, reused while they complete inline.
     slot: Option<Pin<Box<F>>>,
@@ -184,7 +206,7 @@ impl<H, Mk, F> Driver<H, Mk, F>
 where
     H: Handler,
     Mk: Fn(Arc<ConnHandler<H>>, Request) -> F + Send,
-    F: Future<Output = Result<Actions, H::Error>> + Send + 'static,
+    F: Future<Output = (Result<Actions, H::Error>, Arc<ConnHandler<H>>)> + Send + 'static,
 {
     fn new(id: u64, peer: String, handler: Arc<H>, shared: Arc<Shared>, call: Mk) -> Self {
         let info = ConnInfo {
@@ -197,6 +219,7 @@ where
         };
         Self {
             handler: Arc::new(ConnHandler(handler)),
+            lent: None,
             call,
             slot: None,
             shared,
@@ -545,7 +568,8 @@ where
                 }
             },
         };
-        let fut = (self.call)(self.handler.clone(), req);
+        let handler = self.lent.take().unwrap_or_else(|| self.handler.clone());
+        let fut = (self.call)(handler, req);
         let fut = if queued.is_none() && self.shared.config.inline_first_poll {
             let slot = match &mut self.slot {
                 Some(slot) => {
@@ -557,8 +581,9 @@ where
             let _entered = span.enter();
             let mut cx = Context::from_waker(Waker::noop());
             match catch_unwind(AssertUnwindSafe(|| slot.as_mut().poll(&mut cx))) {
-                Ok(Poll::Ready(res)) => {
+                Ok(Poll::Ready((res, handler))) => {
                     self.counts.inline_n += 1;
+                    self.lent = Some(handler);
                     return Some(Outcome::of(Ok(res)));
                 }
                 Err(_) => {
@@ -592,7 +617,7 @@ where
         };
         spawned
             .tasks
-            .spawn(task.run(fut, permit, queued).instrument(span));
+            .spawn(task.run(ResultOf(fut), permit, queued).instrument(span));
         None
     }
 

@@ -2,7 +2,6 @@
 //! outcome sent back to the connection.
 
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -89,11 +88,11 @@ impl Supervised {
     /// waited for behind the concurrency limit (`queued`).
     pub(super) async fn run<F, E>(
         self,
-        fut: Pin<Box<F>>,
+        fut: F,
         permit: Option<OwnedSemaphorePermit>,
         queued: Option<Arc<Semaphore>>,
     ) where
-        F: Future<Output = Result<Actions, E>> + Send + 'static,
+        F: Future<Output = Result<Actions, E>> + Unpin + Send + 'static,
         E: Into<BoxError>,
     {
         // Behind the concurrency limit: wait for a slot, but not past the deadline.
