@@ -89,8 +89,26 @@ pub struct Request {
     /// The connection it came on.
     pub conn: Arc<ConnInfo>,
     deadline: Instant,
-    /// An empty `Actions` with the connection's recycled buffer, for [`Request::actions`].
-    actions: Actions,
+}
+
+/// An ACK buffer larger than this (a handler that once answered with many variables) is not
+/// kept for the next request.
+const KEEP_ACTIONS: usize = 1024;
+
+thread_local! {
+    /// The worker thread's spare ACK buffer, cleared: [`Request::actions`] takes it, the
+    /// runtime puts it back once the ACK is encoded. One per thread, not per connection, so
+    /// idle connections hold none.
+    static SPARE_ACTIONS: std::cell::Cell<Option<Actions>> = const { std::cell::Cell::new(None) };
+}
+
+/// Gives an encoded ACK's buffer back to the thread's spare slot, cleared (unless it grew
+/// large).
+pub(crate) fn recycle_actions(mut actions: Actions) {
+    if actions.as_bytes().len() <= KEEP_ACTIONS {
+        actions.clear();
+        let _ = SPARE_ACTIONS.try_with(|spare| spare.set(Some(actions)));
+    }
 }
 
 impl Request {
@@ -102,7 +120,6 @@ impl Request {
             notify,
             conn: Arc::new(conn),
             deadline: Instant::now() + Config::default().handler_budget(),
-            actions: Actions::new(),
         }
     }
 
@@ -110,20 +127,19 @@ impl Request {
         notify: Notify,
         conn: Arc<ConnInfo>,
         deadline: Instant,
-        actions: Actions,
     ) -> Self {
         Self {
             notify,
             conn,
             deadline,
-            actions,
         }
     }
 
-    /// An empty [`Actions`] to answer with, holding the buffer of an earlier ACK of this
-    /// connection: unlike `Actions::new()`, adding actions to it allocates nothing (once the
-    /// connection has answered a NOTIFY or two). The runtime takes the buffer back after
-    /// encoding the ACK. A second call returns a plain `Actions::new()`.
+    /// An empty [`Actions`] to answer with, holding the buffer of an earlier ACK encoded on
+    /// this worker thread: unlike `Actions::new()`, adding actions to it allocates nothing
+    /// (once the thread has answered a NOTIFY). The runtime takes the buffer back after
+    /// encoding the ACK. Called again before that, or on another thread, it returns a plain
+    /// `Actions::new()`.
     ///
     /// ```
     /// use spoa_runtime::{handler_fn, Request};
@@ -137,7 +153,11 @@ impl Request {
     /// # let _ = handler;
     /// ```
     pub fn actions(&mut self) -> Actions {
-        std::mem::take(&mut self.actions)
+        SPARE_ACTIONS
+            .try_with(std::cell::Cell::take)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
     }
 
     /// The same request with another deadline (for tests of deadline-aware handlers).

@@ -8,7 +8,7 @@ use spop_proto::{AckError, Actions, AgentConnection, NotifyId};
 use tokio::time::Instant;
 use tracing::{debug, warn};
 
-use super::{Driver, KEEP_ACTIONS, Outcome};
+use super::{Driver, Outcome};
 use crate::config::FallbackReason;
 use crate::handler::BoxError;
 
@@ -75,14 +75,11 @@ impl<H, Mk, F> Driver<H, Mk, F> {
         }
     }
 
-    /// Keeps an ACK's buffer, cleared, for the next request's [`Request::actions`](crate::Request::actions)
-    /// (unless it grew large).
+    /// Keeps an ACK's buffer for the next request's
+    /// [`Request::actions`](crate::Request::actions).
     #[inline]
-    fn recycle(&mut self, mut actions: Actions) {
-        if actions.as_bytes().len() <= KEEP_ACTIONS {
-            actions.clear();
-            self.spare_actions = actions;
-        }
+    fn recycle(&mut self, actions: Actions) {
+        crate::handler::recycle_actions(actions);
     }
 
     /// Every other outcome: a failure's fallback (counted and logged), or actions the state

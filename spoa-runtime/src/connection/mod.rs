@@ -8,7 +8,7 @@
 //! ends.
 //!
 //! The inline path allocates nothing in the steady state: the handler's future is written
-//! into the connection's reused box, the request carries the buffer of an earlier ACK
+//! into the connection's reused box, the request hands out the buffer of an earlier ACK on the thread
 //! ([`Request::actions`]), ACKs are encoded straight into the buffer written to the socket,
 //! counters are the connection's own, and the clock is read once per wakeup (plus once per
 //! batch in which handlers completed inline, to time them together). A connection holds a
@@ -48,11 +48,8 @@ static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
 
 /// How long the final frames (AGENT-DISCONNECT) may take to write after a close.
 const FINAL_FLUSH: Duration = Duration::from_secs(2);
-/// An ACK buffer larger than this (a handler that once answered with many variables) is not
-/// recycled into the next request.
-const KEEP_ACTIONS: usize = 1024;
 /// After this long without a frame, with nothing in flight, a connection frees what it keeps
-/// for traffic (event queue, in-flight table, handler box, ACK buffer): idle connections then
+/// for traffic (event queue, in-flight table, handler box): idle connections then
 /// hold almost nothing, busy ones never reallocate.
 const IDLE_RELEASE: Duration = Duration::from_secs(1);
 
@@ -138,7 +135,7 @@ struct Arrival {
     deadline: Instant,
 }
 
-/// What a connection holds for traffic (event queue, in-flight table, handler box, ACK buffer).
+/// What a connection holds for traffic (event queue, in-flight table, handler box).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Held {
     /// Since the start: released once the handshake is done.
@@ -188,8 +185,6 @@ struct Driver<H, Mk, F> {
     slot: Option<Pin<Box<F>>>,
     shared: Arc<Shared>,
     info: Arc<ConnInfo>,
-    /// The last ACK's actions, cleared: the next request's [`Request::actions`].
-    spare_actions: Actions,
     /// Counts not yet added to the worker thread's counters (once per loop turn).
     counts: Counts,
     established: bool,
@@ -224,7 +219,6 @@ where
             slot: None,
             shared,
             info: Arc::new(info),
-            spare_actions: Actions::new(),
             counts: Counts::default(),
             established: false,
             spawned: None,
@@ -436,11 +430,10 @@ where
     }
 
     /// Frees what the connection keeps for traffic: the state machine's queues, the handler
-    /// box, the ACK buffer. The next NOTIFY allocates them again.
+    /// box. The next NOTIFY allocates them again.
     fn release_traffic_buffers(&mut self, conn: &mut AgentConnection) {
         conn.release_buffers();
         self.slot = None;
-        self.spare_actions = Actions::new();
     }
 
     fn write_timed_out(
@@ -551,12 +544,7 @@ where
         let Arrival { now, deadline } = at;
         let id = notify.id();
         let span = debug_span!("notify", stream_id = id.stream_id, frame_id = id.frame_id);
-        let req = Request::from_runtime(
-            notify,
-            self.info.clone(),
-            deadline,
-            std::mem::take(&mut self.spare_actions),
-        );
+        let req = Request::from_runtime(notify, self.info.clone(), deadline);
         let mut queued = None;
         let permit = match &self.shared.limiter {
             None => None,

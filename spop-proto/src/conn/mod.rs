@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{BufMut, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 pub use config::{AgentConfig, PAD_VAR_NAME, PRE_HANDSHAKE_MAX_FRAME_SIZE};
 pub use handshake::Negotiated;
@@ -20,9 +20,10 @@ pub use handshake::Negotiated;
 use config::PAD_ACTION;
 
 use crate::error::{AckError, ConnectionError, ProtocolError, TimeoutKind};
+use crate::frame::notify::quick_check;
 use crate::frame::{
     Actions, AgentHello, Disconnect, FrameDecoder, FrameFlags, FrameHeader, FramePrefix,
-    HaproxyHello, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame,
+    HaproxyHello, MIN_FRAME_LEN, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame,
 };
 use crate::status::{FrameType, StatusCode};
 
@@ -199,10 +200,11 @@ impl AgentConnection {
     /// unfragmented NOTIFY on an established connection with no event waiting, consumes it and
     /// returns it, tracked in flight exactly as one delivered by
     /// [`Event::Notify`](Event::Notify) (answer it with [`send_ack`](Self::send_ack)).
-    /// Otherwise returns `None`: either nothing was consumed (another kind of frame, a partial
-    /// one, the in-flight limit reached: call [`handle_read_frames`](Self::handle_read_frames)),
-    /// or the frame was malformed and the connection failed as `handle_read_frames` would
-    /// have made it ([`poll_event`](Self::poll_event) then returns [`Event::Closed`]).
+    /// Otherwise returns `None` and consumes nothing: another kind of frame, a partial or
+    /// malformed one, a payload of an unusual shape (names or values of 240 bytes or more,
+    /// multi-byte integers), the in-flight limit reached; call
+    /// [`handle_read_frames`](Self::handle_read_frames), which reads it or fails the
+    /// connection with the right status.
     ///
     /// It skips the event queue; the result is the same as `handle_read_frames(now, buf, 1)`
     /// followed by `poll_event()`.
@@ -235,24 +237,33 @@ impl AgentConnection {
         {
             return None;
         }
+        // anything unusual (a length out of bounds, a partial frame, a malformed header, a
+        // payload outside the usual shape or malformed) is left to the general path, which
+        // reads it or names the error
+        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
+        if len > self.decoder.max_frame_size() || len < MIN_FRAME_LEN {
+            return None;
+        }
+        let len = len as usize;
+        let frame = buf.get(4..4 + len)?;
+        let (header, hdr_len) = FrameHeader::decode(frame).ok()?;
+        if !quick_check(&frame[hdr_len..]) {
+            return None;
+        }
+        let id = header.id();
+        let payload = if hdr_len == len {
+            // an empty payload holds no reference to the read buffer
+            buf.advance(4 + len);
+            Bytes::new()
+        } else {
+            buf.advance(4 + hdr_len);
+            buf.split_to(len - hdr_len).freeze()
+        };
         // (no idle deadline to move: with a NOTIFY in flight there is none, and the ACK that
         // empties the connection sets it)
-        let parsed = match self.decoder.decode(buf) {
-            Ok(None) => return None,
-            Ok(Some(frame)) => Notify::parse(frame.header.id(), frame.payload).map_err(Into::into),
-            Err(e) => Err(ConnectionError::from(e)),
-        };
         self.partial = !buf.is_empty();
-        match parsed {
-            Ok(notify) => {
-                self.in_flight.push_back(notify.id());
-                Some(notify)
-            }
-            Err(e) => {
-                self.fail(e);
-                None
-            }
-        }
+        self.in_flight.push_back(id);
+        Some(Notify::validated(id, payload))
     }
 
     /// The peer closed its side (read returned 0, or the connection was reset).

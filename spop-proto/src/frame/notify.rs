@@ -331,6 +331,11 @@ impl Notify {
         Ok(Self { id, payload })
     }
 
+    /// Wraps a payload [`quick_check`] accepted (so the grammar does).
+    pub(crate) const fn validated(id: NotifyId, payload: Bytes) -> Self {
+        Self { id, payload }
+    }
+
     /// Starts building a NOTIFY in memory (tests, the HAProxy side).
     pub fn builder(id: NotifyId) -> NotifyBuilder {
         NotifyBuilder {
