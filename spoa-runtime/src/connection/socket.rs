@@ -7,9 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::thread::LocalKey;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio_util::io::{poll_read_buf, poll_write_buf};
+use tokio_util::io::poll_read_buf;
 
 /// Room made before a read (HAProxy 2.6 batches up to 20 NOTIFYs per write, 3.x sends one
 /// per read). Buffers are lent by the worker thread's spare slot while a read waits, so an
@@ -67,9 +67,14 @@ pub(super) fn poll_io<IO: AsyncRead + AsyncWrite>(
     write_blocked: &mut bool,
 ) -> Poll<IoEvent> {
     if !out.is_empty() {
-        match poll_write_buf(io.as_mut(), cx, out) {
+        // a plain write (send(2)), not tokio_util's `poll_write_buf`, which takes the vectored
+        // path (writev(2)) on TCP even for one buffer: the kernel's writev path costs more
+        match io.as_mut().poll_write(cx, out) {
             Poll::Ready(r) => {
                 *write_blocked = false;
+                if let Ok(n) = r {
+                    out.advance(n);
+                }
                 return Poll::Ready(IoEvent::Wrote(r));
             }
             Poll::Pending if !*write_blocked => {
