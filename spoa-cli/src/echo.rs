@@ -184,8 +184,9 @@ pub(crate) fn var_name(name: &str, index: usize) -> Cow<'_, str> {
 }
 
 /// The ACK of the echo agent for one NOTIFY.
-pub(crate) fn echo_actions(req: &Request, scope: Scope) -> Actions {
-    let mut actions = Actions::with_capacity(req.notify.payload().len() + 32);
+pub(crate) fn echo_actions(req: &mut Request, scope: Scope) -> Actions {
+    // the thread's recycled ACK buffer: no allocation per NOTIFY once it has grown to fit
+    let mut actions = req.actions();
     for m in req.messages() {
         for (i, a) in m.args().enumerate() {
             actions.set_var(scope, &var_name(a.name, i), a.value);
@@ -285,7 +286,7 @@ impl Handler for BadDay {
 
     fn handle_notify(
         &self,
-        req: Request,
+        mut req: Request,
     ) -> impl Future<Output = Result<Actions, BoxError>> + Send {
         let n = self.count.fetch_add(1, Ordering::Relaxed) + 1;
         let delay = self
@@ -304,7 +305,7 @@ impl Handler for BadDay {
             match fail {
                 Some(FailMode::Error) => Err(Injected.into()),
                 Some(FailMode::Panic) => panic!("panic injected by spoa echo --fail panic"),
-                None => Ok(echo_actions(&req, scope)),
+                None => Ok(echo_actions(&mut req, scope)),
             }
         }
     }
@@ -391,9 +392,11 @@ pub(crate) async fn run(args: &EchoArgs) -> anyhow::Result<ExitCode> {
             () = second => info!("second signal: stopping now"),
         }
     } else {
-        let handler = handler_fn(move |req: Request| -> Ready<Result<Actions, Infallible>> {
-            std::future::ready(Ok(echo_actions(&req, scope)))
-        });
+        let handler = handler_fn(
+            move |mut req: Request| -> Ready<Result<Actions, Infallible>> {
+                std::future::ready(Ok(echo_actions(&mut req, scope)))
+            },
+        );
         tokio::select! {
             () = serve(&server, listener, handler, shutdown) => {}
             () = second => info!("second signal: stopping now"),
