@@ -303,6 +303,7 @@ impl AgentConnection {
     /// Fails without queuing anything when `id` is not in flight, the connection is not
     /// established or is closed, or the frame would exceed the negotiated size (then send an
     /// empty [`Actions`] instead, so HAProxy does not wait for its timeout).
+    #[inline]
     pub fn send_ack(
         &mut self,
         now: Instant,
