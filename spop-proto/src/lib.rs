@@ -22,7 +22,9 @@
 //! Inputs are `handle_read`, `handle_eof`, `handle_timeout`; commands are `send_ack`,
 //! `close`, `begin_drain`. After each, collect outputs in this order: `poll_transmit`
 //! (write the bytes), `poll_event` (until `None`), `poll_timeout` (arm a timer). Read from
-//! the socket only while `wants_read()`.
+//! the socket only while `wants_read()`. A driver that counts its instructions reads NOTIFYs
+//! through `read_notify` first (the fast lane, past the event queue) and the rest with
+//! `handle_read_frames`.
 //!
 //! ```
 //! use std::{sync::Arc, time::Instant};
