@@ -138,8 +138,8 @@ impl Request {
     /// An empty [`Actions`] to answer with, holding the buffer of an earlier ACK encoded on
     /// this worker thread: unlike `Actions::new()`, adding actions to it allocates nothing
     /// (once the thread has answered a NOTIFY). The runtime takes the buffer back after
-    /// encoding the ACK. Called again before that, or on another thread, it returns a plain
-    /// `Actions::new()`.
+    /// encoding the ACK. Until then (a second call, a handler still running), other calls on
+    /// the thread get a plain `Actions::new()`.
     ///
     /// ```
     /// use spoa_runtime::{handler_fn, Request};

@@ -964,6 +964,38 @@ impl HaproxyInstance {
         stats_command(&self.stats_socket, command)
     }
 
+    /// How many log lines HAProxy dropped (`DroppedLogs` of `show info`): under a burst it
+    /// drops lines it cannot write at once rather than wait, so a test counting log lines
+    /// accounts for these.
+    pub fn dropped_logs(&self) -> io::Result<usize> {
+        let info = self.stats("show info")?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("DroppedLogs:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| io::Error::other(format!("no DroppedLogs in show info: {info}")))
+    }
+
+    /// Waits at most `timeout` until the SPOE log lines of `agents` and the log lines HAProxy
+    /// says it dropped ([`Self::dropped_logs`]) account for `total` requests; returns the
+    /// lines and the dropped count (None if they never did). Every request logs one SPOE
+    /// line, so `lines.len() + dropped >= total` with `lines.len() <= total`.
+    pub fn wait_spoe_log(
+        &self,
+        agents: &[&str],
+        total: usize,
+        timeout: Duration,
+    ) -> Option<(Vec<SpoeLogLine>, usize)> {
+        let found = wait_until(timeout, || {
+            let lines: Vec<_> = agents.iter().flat_map(|a| self.spoe_log_lines(a)).collect();
+            let dropped = self.dropped_logs().unwrap_or(0);
+            (lines.len() + dropped >= total).then_some((lines, dropped))
+        });
+        if let Some((_, dropped)) = found.as_ref().filter(|(_, d)| *d > 0) {
+            eprintln!("HAProxy dropped {dropped} log lines ({total} requests)");
+        }
+        found.filter(|(lines, _)| lines.len() <= total)
+    }
+
     /// The `show stat` line of `backend/server`, if present.
     pub fn server_stat(&self, backend: &str, server: &str) -> io::Result<Option<ServerStat>> {
         let csv = self.stats("show stat")?;

@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 
 use spop_tests::interop::{
     AgentProcess, HaproxyConfig, HaproxyInstance, bot_guard_binary, config_warnings, haproxy,
-    wait_until,
 };
 
 const CURL: &str = "/usr/bin/curl";
@@ -235,15 +234,8 @@ fn bot_guard(series: &str) {
 
     // one SPOE line per request, all st=0
     let total = cases.len();
-    let lines = wait_until(Duration::from_secs(5), || {
-        let lines: Vec<_> = SPOE_AGENTS
-            .iter()
-            .flat_map(|a| hap.spoe_log_lines(a))
-            .collect();
-        (lines.len() >= total).then_some(lines)
-    });
-    match lines {
-        Some(l) if l.len() == total && l.iter().all(|l| l.status == "0") => {}
+    match hap.wait_spoe_log(&SPOE_AGENTS, total, Duration::from_secs(5)) {
+        Some((l, _)) if l.iter().all(|l| l.status == "0") => {}
         other => fail(
             &format!("expected {total} SPOE log lines with st=0, got {other:?}"),
             &hap,

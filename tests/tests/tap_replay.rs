@@ -11,9 +11,7 @@ use std::net::TcpStream;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use spop_tests::interop::{
-    AgentProcess, HaproxyConfig, HaproxyInstance, TempDir, spoa_binary, wait_until,
-};
+use spop_tests::interop::{AgentProcess, HaproxyConfig, HaproxyInstance, TempDir, spoa_binary};
 
 const REQUESTS: usize = 12;
 
@@ -112,11 +110,9 @@ fn tap_record_decode_replay(series: &str) {
         );
     }
     // every SPOE exchange succeeded
-    let lines = wait_until(Duration::from_secs(5), || {
-        let l = hap.spoe_log_lines("echo-agent");
-        (l.len() >= REQUESTS).then_some(l)
-    })
-    .unwrap_or_else(|| panic!("SPOE log lines missing\n{}", hap.diagnostics()));
+    let (lines, _) = hap
+        .wait_spoe_log(&["echo-agent"], REQUESTS, Duration::from_secs(5))
+        .unwrap_or_else(|| panic!("SPOE log lines missing\n{}", hap.diagnostics()));
     assert!(lines.iter().all(|l| l.status == "0"), "{lines:?}");
     drop(hap);
     terminate(&mut tap);
