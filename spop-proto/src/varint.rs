@@ -85,14 +85,20 @@ fn continuation(mut i: &[u8], first: u8) -> PResult<'_, u64> {
 /// varint::put(&mut buf, u64::MAX);
 /// assert_eq!(buf.len(), 10);
 /// ```
-#[inline]
+#[inline(always)]
 #[allow(clippy::cast_possible_truncation)] // below 240
 pub fn put<B: BufMut + ?Sized>(dst: &mut B, value: u64) {
     if value < 240 {
-        // the common case (lengths, ids, small integers): one byte, no copy of a scratch array
+        // the common case (lengths, ids, small integers): one byte, inlined at every call
         dst.put_u8(value as u8);
-        return;
+    } else {
+        put_long(dst, value);
     }
+}
+
+/// [`put`] for values of two bytes or more (kept out of line).
+#[inline(never)]
+fn put_long<B: BufMut + ?Sized>(dst: &mut B, value: u64) {
     let mut out = [0u8; MAX_LEN];
     let len = write(&mut out, value);
     dst.put_slice(&out[..len]);

@@ -52,8 +52,10 @@ impl Counts {
 }
 
 impl<H, Mk, F> Driver<H, Mk, F> {
-    /// Queues the ACK of `id` for what its handler produced.
-    #[inline]
+    /// Queues the ACK of `id` for what its handler produced: its actions, or for a failure
+    /// the fallback (counted and logged). The common case (actions, accepted) stays inline;
+    /// failures and refusals take cold paths.
+    #[inline(always)]
     pub(super) fn ack(
         &mut self,
         conn: &mut AgentConnection,
@@ -61,85 +63,87 @@ impl<H, Mk, F> Driver<H, Mk, F> {
         outcome: Outcome,
         now: Instant,
     ) {
+        self.acked = true;
         match outcome {
-            // the common case, inlined: the handler's actions, sent
-            Outcome::Done(actions) => match conn.send_ack(now.into_std(), id, &actions) {
-                Ok(()) => {
-                    self.acked = true;
-                    self.counts.acks += 1;
-                    self.recycle(actions);
-                }
-                Err(_) => self.ack_slow(conn, id, Outcome::Done(actions), now),
-            },
-            other => self.ack_slow(conn, id, other, now),
+            Outcome::Done(actions) => self.send(conn, id, actions, None, now),
+            Outcome::Panicked => self.ack_failure(conn, id, FallbackReason::Panic, None, now),
+            Outcome::Failed(e) => {
+                self.ack_failure(conn, id, FallbackReason::Error, Some(&e), now);
+            }
+            Outcome::Fallback(reason) => self.ack_failure(conn, id, reason, None, now),
         }
     }
 
-    /// Keeps an ACK's buffer for the next request's
+    /// Sends `actions` as the ACK of `id` (`reason`: the failure they are the fallback for),
+    /// then keeps their buffer for the next request's
     /// [`Request::actions`](crate::Request::actions).
-    #[inline]
-    fn recycle(&mut self, actions: Actions) {
-        crate::handler::recycle_actions(actions);
-    }
-
-    /// Every other outcome: a failure's fallback (counted and logged), or actions the state
-    /// machine refused (too large: the fallback instead).
-    #[cold]
-    #[inline(never)]
-    fn ack_slow(
+    #[inline(always)]
+    fn send(
         &mut self,
         conn: &mut AgentConnection,
         id: NotifyId,
-        outcome: Outcome,
+        actions: Actions,
+        reason: Option<FallbackReason>,
         now: Instant,
     ) {
-        self.acked = true;
-        let metrics = &self.shared.metrics;
-        let (actions, reason) = match outcome {
-            Outcome::Done(a) => (a, None),
-            Outcome::Panicked => {
-                metrics.handler_panic();
-                self.log_failure(id, FallbackReason::Panic, None, now);
-                (
-                    self.fallback(FallbackReason::Panic),
-                    Some(FallbackReason::Panic),
-                )
-            }
-            Outcome::Failed(e) => {
-                metrics.handler_error();
-                self.log_failure(id, FallbackReason::Error, Some(&e), now);
-                (
-                    self.fallback(FallbackReason::Error),
-                    Some(FallbackReason::Error),
-                )
-            }
-            Outcome::Fallback(reason) => {
-                match reason {
-                    FallbackReason::Overload => metrics.handler_overload(),
-                    _ => metrics.handler_timeout(),
-                }
-                self.log_failure(id, reason, None, now);
-                (self.fallback(reason), Some(reason))
-            }
-        };
-        let std_now = now.into_std();
-        match conn.send_ack(std_now, id, &actions) {
+        match conn.send_ack(now.into_std(), id, &actions) {
             Ok(()) => self.counts.acks += 1,
-            Err(AckError::FrameTooLarge { len, max }) if reason.is_none() => {
-                metrics.ack_too_large();
+            Err(e) => self.refused(conn, id, e, reason, now),
+        }
+        crate::handler::recycle_actions(actions);
+    }
+
+    /// A handler that did not produce actions (it panicked, failed, ran out of its budget or
+    /// found no slot): counted, logged, and answered with the fallback.
+    #[cold]
+    #[inline(never)]
+    fn ack_failure(
+        &mut self,
+        conn: &mut AgentConnection,
+        id: NotifyId,
+        reason: FallbackReason,
+        error: Option<&BoxError>,
+        now: Instant,
+    ) {
+        let metrics = &self.shared.metrics;
+        match reason {
+            FallbackReason::Panic => metrics.handler_panic(),
+            FallbackReason::Error => metrics.handler_error(),
+            FallbackReason::Overload => metrics.handler_overload(),
+            _ => metrics.handler_timeout(),
+        }
+        self.log_failure(id, reason, error, now);
+        let fallback = self.fallback(reason);
+        self.send(conn, id, fallback, Some(reason), now);
+    }
+
+    /// The state machine refused an ACK: a handler's actions too large for the negotiated
+    /// frame size get the fallback instead; otherwise (closed, or draining past the deadline)
+    /// HAProxy has given up on it.
+    #[cold]
+    #[inline(never)]
+    fn refused(
+        &mut self,
+        conn: &mut AgentConnection,
+        id: NotifyId,
+        error: AckError,
+        reason: Option<FallbackReason>,
+        now: Instant,
+    ) {
+        match error {
+            AckError::FrameTooLarge { len, max } if reason.is_none() => {
+                self.shared.metrics.ack_too_large();
                 self.log_failure(id, FallbackReason::TooLarge, None, now);
                 debug!(len, max, "ACK larger than the negotiated frame size");
                 if conn
-                    .send_ack(std_now, id, &self.fallback(FallbackReason::TooLarge))
+                    .send_ack(now.into_std(), id, &self.fallback(FallbackReason::TooLarge))
                     .is_ok()
                 {
                     self.counts.acks += 1;
                 }
             }
-            // closed or draining past the deadline: HAProxy has given up on it
-            Err(e) => debug!(error = %e, "ACK not sent"),
+            e => debug!(error = %e, "ACK not sent"),
         }
-        self.recycle(actions);
     }
 
     /// The fallback ACK's actions: the error variable, if configured (else nothing, and the

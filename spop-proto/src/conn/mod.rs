@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Buf, BufMut, Bytes, BytesMut};
+use bytes::{BufMut, BytesMut};
 
 pub use config::{AgentConfig, PAD_VAR_NAME, PRE_HANDSHAKE_MAX_FRAME_SIZE};
 pub use handshake::Negotiated;
@@ -20,10 +20,10 @@ pub use handshake::Negotiated;
 use config::PAD_ACTION;
 
 use crate::error::{AckError, ConnectionError, ProtocolError, TimeoutKind};
-use crate::frame::notify::quick_check;
+use crate::frame::decoder::take_payload;
 use crate::frame::{
     Actions, AgentHello, Disconnect, FrameDecoder, FrameFlags, FrameHeader, FramePrefix,
-    HaproxyHello, MIN_FRAME_LEN, MIN_MAX_FRAME_SIZE, Notify, NotifyId, RawFrame,
+    HaproxyHello, MIN_MAX_FRAME_SIZE, MessageList, Notify, NotifyId, RawFrame, split_frame,
 };
 use crate::status::{FrameType, StatusCode};
 
@@ -201,8 +201,7 @@ impl AgentConnection {
     /// returns it, tracked in flight exactly as one delivered by
     /// [`Event::Notify`](Event::Notify) (answer it with [`send_ack`](Self::send_ack)).
     /// Otherwise returns `None` and consumes nothing: another kind of frame, a partial or
-    /// malformed one, a payload of an unusual shape (names or values of 240 bytes or more,
-    /// multi-byte integers), the in-flight limit reached; call
+    /// malformed one, the in-flight limit reached; call
     /// [`handle_read_frames`](Self::handle_read_frames), which reads it or fails the
     /// connection with the right status.
     ///
@@ -226,39 +225,22 @@ impl AgentConnection {
     /// assert_eq!((notify.id(), conn.in_flight()), (NotifyId::new(1, 1), 1));
     /// ```
     pub fn read_notify(&mut self, _now: Instant, buf: &mut BytesMut) -> Option<Notify> {
-        // type at offset 4 of the frame, FIN the low bit of the flags' last byte
-        let head = buf.get(..9)?;
-        if head[4] != FrameType::NOTIFY.0
-            || head[8] & 1 == 0
-            || self.state != State::Established
+        if self.state != State::Established
             || !self.events.is_empty()
             || self.reassembly.is_some()
             || self.in_flight.len() >= self.in_flight_limit()
         {
             return None;
         }
-        // anything unusual (a length out of bounds, a partial frame, a malformed header, a
-        // payload outside the usual shape or malformed) is left to the general path, which
-        // reads it or names the error
-        let len = u32::from_be_bytes([head[0], head[1], head[2], head[3]]);
-        if len > self.decoder.max_frame_size() || len < MIN_FRAME_LEN {
+        // anything else than a whole, valid NOTIFY with FIN (another frame, a partial or
+        // malformed one) is left to the general path, which reads it or names the error
+        let (header, payload, used) = split_frame(buf, self.decoder.max_frame_size()).ok()??;
+        if header.frame_type != FrameType::NOTIFY || !header.flags.is_fin() {
             return None;
         }
-        let len = len as usize;
-        let frame = buf.get(4..4 + len)?;
-        let (header, hdr_len) = FrameHeader::decode(frame).ok()?;
-        if !quick_check(&frame[hdr_len..]) {
-            return None;
-        }
+        MessageList::parse(payload).ok()?;
         let id = header.id();
-        let payload = if hdr_len == len {
-            // an empty payload holds no reference to the read buffer
-            buf.advance(4 + len);
-            Bytes::new()
-        } else {
-            buf.advance(4 + hdr_len);
-            buf.split_to(len - hdr_len).freeze()
-        };
+        let payload = take_payload(buf, used, payload.len());
         // (no idle deadline to move: with a NOTIFY in flight there is none, and the ACK that
         // empties the connection sets it)
         self.partial = !buf.is_empty();

@@ -293,18 +293,12 @@ impl Actions {
         value: impl Into<TypedData<'v>>,
     ) -> &mut Self {
         let value = value.into();
-        let value_len = value.as_bytes().map_or(16, <[u8]>::len);
         // an upper bound on the action's encoded length: at most one growth per action
-        self.reserve(3 + 2 * varint::MAX_LEN + 1 + name.len() + value_len);
-        match u8::try_from(name.len()) {
-            // a name below 240 bytes: its length is one varint byte, put with the action's head
-            Ok(n) if n < 240 => self.buf.put_slice(&[SET_VAR, 3, scope as u8, n]),
-            _ => {
-                self.buf.put_slice(&[SET_VAR, 3, scope as u8]);
-                varint::put(&mut self.buf, name.len() as u64);
-            }
-        }
-        self.buf.put_slice(name.as_bytes());
+        self.reserve(
+            3 + 2 * varint::MAX_LEN + 1 + name.len() + value.as_bytes().map_or(16, <[u8]>::len),
+        );
+        self.buf.put_slice(&[SET_VAR, 3, scope as u8]);
+        put_raw_str(&mut self.buf, name.as_bytes());
         value.encode(&mut self.buf);
         self.count += 1;
         self

@@ -125,17 +125,21 @@ impl FrameDecoder {
                 return Err(e);
             }
         };
-        let payload = if hdr_len == len {
-            // as before: an empty payload holds no reference to the read buffer
-            src.advance(4 + len);
-            Bytes::new()
-        } else {
-            let mut frame = src.split_to(4 + len).freeze();
-            frame.advance(4 + hdr_len);
-            frame
-        };
+        let payload = take_payload(src, 4 + len, len - hdr_len);
         Ok(Some(RawFrame { header, payload }))
     }
+}
+
+/// Consumes a whole frame of `used` bytes at the front of `src` and returns its payload (its
+/// last `payload_len` bytes) as a handle on the same memory; an empty payload holds no
+/// reference to the read buffer.
+#[inline(always)]
+pub(crate) fn take_payload(src: &mut BytesMut, used: usize, payload_len: usize) -> Bytes {
+    src.advance(used - payload_len);
+    if payload_len == 0 {
+        return Bytes::new();
+    }
+    src.split_to(payload_len).freeze()
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@
 //! ```
 
 mod ack;
-mod decoder;
+pub(crate) mod decoder;
 mod disconnect;
 mod hello;
 pub(crate) mod notify;

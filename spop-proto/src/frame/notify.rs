@@ -261,6 +261,7 @@ pub struct MessageList<'a> {
 impl<'a> MessageList<'a> {
     /// Validates a whole NOTIFY payload: names UTF-8, types known, counts honoured, nothing
     /// truncated. Iteration afterwards cannot fail.
+    #[inline(always)]
     pub fn parse(payload: &'a [u8]) -> Result<Self, DecodeError> {
         if !quick_check(payload) {
             grammar_check(payload)?;
@@ -331,7 +332,7 @@ impl Notify {
         Ok(Self { id, payload })
     }
 
-    /// Wraps a payload [`quick_check`] accepted (so the grammar does).
+    /// Wraps a payload [`MessageList::parse`] accepted.
     pub(crate) const fn validated(id: NotifyId, payload: Bytes) -> Self {
         Self { id, payload }
     }
