@@ -224,6 +224,7 @@ impl AgentConnection {
     /// let notify = conn.read_notify(now, &mut rbuf).unwrap();
     /// assert_eq!((notify.id(), conn.in_flight()), (NotifyId::new(1, 1), 1));
     /// ```
+    #[inline(always)]
     pub fn read_notify(&mut self, _now: Instant, buf: &mut BytesMut) -> Option<Notify> {
         if self.state != State::Established
             || !self.events.is_empty()

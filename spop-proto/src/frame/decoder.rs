@@ -31,6 +31,7 @@ pub type SplitFrame<'a> = (FrameHeader, &'a [u8], usize);
 ///     Err(DecodeError::FrameTooLarge { len: u32::MAX, max: 16380 })
 /// );
 /// ```
+#[inline(always)]
 pub fn split_frame(buf: &[u8], max_frame_size: u32) -> Result<Option<SplitFrame<'_>>, DecodeError> {
     let Some(len) = check_prefix(buf, max_frame_size)? else {
         return Ok(None);
